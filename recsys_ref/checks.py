@@ -1,0 +1,79 @@
+"""Input checks shared by the package: clear errors that name the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def check_frame(df, name: str, columns: Iterable[str]) -> pd.DataFrame:
+    """Check that ``df`` is a non-empty DataFrame with ``columns`` and no NaN in them."""
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    columns = list(columns)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name} is missing column(s) {missing}; it has {list(df.columns)}")
+    if len(df) == 0:
+        raise ValueError(f"{name} is empty")
+    bad = [c for c in columns if df[c].isna().any()]
+    if bad:
+        raise ValueError(f"{name} has NaN values in column(s) {bad}")
+    return df
+
+
+def check_index(values, name: str, n: int) -> None:
+    """Check that integer ids lie in ``0..n-1`` (ids are mapped once by the data module)."""
+    arr = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    if arr.size == 0:
+        return
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"{name} must hold integer indices, got dtype {arr.dtype}")
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n:
+        raise ValueError(f"{name} must lie in 0..{n - 1}, got values in {lo}..{hi}")
+
+
+def check_k(k, n_items: int, name: str = "k") -> int:
+    """Check a list length: an integer with ``1 <= k <= n_items``."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(k).__name__}")
+    if not 1 <= k <= n_items:
+        raise ValueError(f"{name} must be in 1..n_items ({n_items}), got {k}")
+    return int(k)
+
+
+def check_rating_range(rating_range) -> tuple[float, float] | None:
+    """Check an optional ``(low, high)`` clipping range with ``low <= high``."""
+    if rating_range is None:
+        return None
+    try:
+        low, high = (float(v) for v in rating_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"rating_range must be None or a (low, high) pair, "
+                         f"got {rating_range!r}") from None
+    if not low <= high:
+        raise ValueError(f"rating_range must have low <= high, got {rating_range!r}")
+    return low, high
+
+
+def check_nonnegative(value, name: str) -> float:
+    """Check a real hyperparameter that must be ``>= 0`` (a regulariser, a shrinkage)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """Check an integer hyperparameter that must be ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)

@@ -1,0 +1,221 @@
+"""Evaluation protocols, written once for every model of the book.
+
+* :func:`evaluate_ranking` - full ranking (the default): every item the user has not
+  interacted with in the excluded frames is a candidate; metrics are averaged over users with
+  at least one test item.
+* :func:`evaluate_sampled` - the NCF protocol (He et al. 2017): the test item is ranked
+  against ``n_negatives`` sampled unseen items. Use it only to compare with papers that did.
+  Krichene and Rendle (2020) show that sampled metrics are inconsistent with full ranking:
+  they can reverse the order of two models, so never choose a model by them.
+* :func:`evaluate_ratings` and :func:`cross_validate` - RMSE/MAE of rating prediction, the
+  latter over the canonical MovieLens-100K folds u1..u5 (mean and std over folds).
+
+See the chapter "Introduction and data".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_ref import metrics
+from recsys_ref.checks import check_frame, check_index, check_k
+from recsys_ref.matrix import column, interaction_mask
+from recsys_ref.models.base import Recommender
+from recsys_ref.splits import u_fold
+
+
+def _relevant(test: pd.DataFrame, n_users: int, n_items: int) -> torch.Tensor:
+    check_frame(test, "test", ["user_idx", "item_idx"])
+    return interaction_mask(test, n_users, n_items)
+
+
+def _exclusion(exclude, n_users: int, n_items: int) -> torch.Tensor:
+    """OR of the interaction masks of the frames in ``exclude``."""
+    if isinstance(exclude, pd.DataFrame):
+        exclude = [exclude]
+    mask = torch.zeros(n_users, n_items, dtype=torch.bool)
+    for i, df in enumerate(exclude):
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"exclude[{i}] must be a DataFrame, got {type(df).__name__}")
+        if len(df):
+            mask |= interaction_mask(df, n_users, n_items)
+    return mask
+
+
+def evaluate_ranking(
+    model: Recommender,
+    test: pd.DataFrame,
+    exclude: pd.DataFrame | Sequence[pd.DataFrame],
+    ks: Iterable[int] = (10,),
+    batch_size: int = 512,
+    per_user: bool = False,
+):
+    """Full-ranking top-K evaluation.
+
+    Protocol: for each user with at least one item in ``test``, rank *all* items except those
+    in ``exclude`` (the training interactions, plus the validation ones when testing), and
+    compare the top K with the user's test items. Metrics are averaged over those users.
+
+    Args:
+        model: a fitted model with ``score``.
+        test: frame with ``user_idx, item_idx`` of the held-out interactions.
+        exclude: frame(s) of interactions the user already had; masked before ranking.
+        ks: list lengths; each gives ``HR@k, Precision@k, Recall@k, NDCG@k, MAP@k`` and
+            ``Coverage@k`` (fraction of the catalogue recommended to anyone).
+        batch_size: users scored at once, ``(batch_size, n_items)`` floats in memory.
+        per_user: also return a frame with one row per evaluated user.
+
+    Returns:
+        A dict ``{"HR@10": ..., "NDCG@10": ..., "MRR": ..., ...}`` of floats (and the per-user
+        frame if ``per_user``). ``MRR`` is over the full ranking.
+    """
+    n_users, n_items = model.n_users, model.n_items
+    ks = [check_k(k, n_items, "ks") for k in ks]
+    if not ks:
+        raise ValueError("ks must name at least one list length")
+    relevant = _relevant(test, n_users, n_items)  # (n_users, n_items)
+    seen = _exclusion(exclude, n_users, n_items)
+    if (relevant & seen).any():
+        raise ValueError("test shares (user, item) pairs with exclude: they would be masked")
+    users = torch.nonzero(relevant.any(1)).squeeze(1)
+    kmax = max(ks)
+    top, first_rank = [], []
+    for start in range(0, len(users), batch_size):
+        u = users[start:start + batch_size]
+        scores = model.score(u).float().masked_fill(seen[u], float("-inf"))  # (b, n_items)
+        top.append(scores.topk(kmax, dim=1).indices)
+        # rank of the best-ranked relevant item = 1 + number of candidates scored higher
+        best_rel = scores.masked_fill(~relevant[u], float("-inf")).max(1).values
+        first_rank.append(1 + (scores > best_rel[:, None]).sum(1))
+    top = torch.cat(top)  # (n_eval, kmax)
+    hits_all = relevant[users].gather(1, top)  # (n_eval, kmax)
+    n_rel = relevant[users].sum(1)
+    rows = {"user_idx": users.numpy(), "MRR": (1.0 / torch.cat(first_rank).float()).numpy()}
+    out = {}
+    for k in ks:
+        hits = hits_all[:, :k]
+        rows[f"HR@{k}"] = metrics.hit_rate(hits).numpy()
+        rows[f"Precision@{k}"] = metrics.precision(hits).numpy()
+        rows[f"Recall@{k}"] = metrics.recall(hits, n_rel).numpy()
+        rows[f"NDCG@{k}"] = metrics.ndcg(hits, n_rel).numpy()
+        rows[f"MAP@{k}"] = metrics.average_precision(hits, n_rel).numpy()
+        out[f"Coverage@{k}"] = metrics.coverage(top[:, :k], n_items)
+    frame = pd.DataFrame(rows)
+    out = {c: float(frame[c].mean()) for c in frame.columns if c != "user_idx"} | out
+    out["n_users"] = len(users)
+    return (out, frame) if per_user else out
+
+
+def evaluate_sampled(
+    model: Recommender,
+    test: pd.DataFrame,
+    exclude: pd.DataFrame | Sequence[pd.DataFrame],
+    n_negatives: int = 100,
+    ks: Iterable[int] = (10,),
+    seed: int = 0,
+):
+    """Sampled-negatives evaluation (the NCF protocol), for comparison with papers only.
+
+    Each test pair ``(u, i)`` is ranked against ``n_negatives`` items drawn uniformly, without
+    replacement, from the items ``u`` never interacted with (in ``exclude`` or ``test``).
+    Krichene and Rendle (2020), "On sampled metrics for item recommendation": these metrics
+    are biased estimates of their full-ranking versions and can change which model wins.
+
+    Returns:
+        ``{"HR@k": ..., "NDCG@k": ...}`` averaged over test pairs.
+    """
+    n_users, n_items = model.n_users, model.n_items
+    ks = [check_k(k, n_negatives + 1, "ks") for k in ks]
+    check_frame(test, "test", ["user_idx", "item_idx"])
+    known = _exclusion(exclude, n_users, n_items) | _relevant(test, n_users, n_items)
+    if int((~known).sum(1).min()) < n_negatives:
+        raise ValueError(f"n_negatives={n_negatives} exceeds some user's unseen items")
+    gen = torch.Generator().manual_seed(seed)
+    u, i = column(test, "user_idx"), column(test, "item_idx")
+    # random keys; seen items get +inf so the n_negatives smallest keys are unseen items
+    keys = torch.rand(len(u), n_items, generator=gen).masked_fill(known[u], float("inf"))
+    negatives = keys.topk(n_negatives, dim=1, largest=False).indices  # (n_test, n_neg)
+    candidates = torch.cat([i[:, None], negatives], dim=1)  # test item in column 0
+    scores = torch.cat([model.score(u[s:s + 512]).gather(1, candidates[s:s + 512])
+                        for s in range(0, len(u), 512)])
+    # rank of the test item; ties are counted against it (pessimistic), so constant scores
+    # cannot look good
+    rank = 1 + (scores[:, 1:] >= scores[:, :1]).sum(1)  # (n_test,)
+    out = {}
+    for k in ks:
+        hits = torch.arange(1, k + 1)[None, :] == rank[:, None]  # (n_test, k)
+        ones = torch.ones(len(u), dtype=torch.long)
+        out[f"HR@{k}"] = float(metrics.hit_rate(hits).mean())
+        out[f"NDCG@{k}"] = float(metrics.ndcg(hits, ones).mean())
+    return out
+
+
+def evaluate_ratings(model: Recommender, test: pd.DataFrame) -> dict[str, float]:
+    """RMSE and MAE of ``model.predict`` on the ``(user_idx, item_idx, rating)`` rows."""
+    check_frame(test, "test", ["user_idx", "item_idx", "rating"])
+    check_index(test["user_idx"].to_numpy(), "test.user_idx", model.n_users)
+    check_index(test["item_idx"].to_numpy(), "test.item_idx", model.n_items)
+    pred = model.predict(column(test, "user_idx"), column(test, "item_idx"))
+    target = column(test, "rating", torch.float32)
+    return {"RMSE": metrics.rmse(pred, target), "MAE": metrics.mae(pred, target)}
+
+
+def cross_validate(
+    make_model: Callable[[], Recommender],
+    ratings: pd.DataFrame,
+    folds: Iterable[int] = (1, 2, 3, 4, 5),
+) -> pd.DataFrame:
+    """Rating prediction over the canonical folds u1..u5 of MovieLens-100K.
+
+    Args:
+        make_model: returns a fresh, unfitted model (called once per fold).
+        ratings: the 100,000 ratings in ``u.data`` order.
+        folds: which of u1..u5 to run.
+
+    Returns:
+        A frame with one row per fold (``fold, RMSE, MAE``); ``summarize_folds`` adds mean/std.
+    """
+    rows = []
+    for fold in folds:
+        train, test = u_fold(ratings, fold)
+        model = make_model().fit(train)
+        rows.append({"fold": f"u{fold}"} | evaluate_ratings(model, test))
+    return pd.DataFrame(rows)
+
+
+def summarize_folds(frame: pd.DataFrame) -> dict[str, float]:
+    """Mean and (sample) standard deviation of each metric column of a ``cross_validate`` frame."""
+    cols = [c for c in frame.columns if c != "fold"]
+    out = {f"{c} mean": float(frame[c].mean()) for c in cols}
+    out |= {f"{c} std": float(frame[c].std(ddof=1)) if len(frame) > 1 else float("nan")
+            for c in cols}
+    return out
+
+
+
+def bootstrap_ci(values, n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0):
+    """Percentile bootstrap confidence interval of a mean (e.g. of per-user NDCG).
+
+    Args:
+        values: 1-D array-like of per-unit values (users, rounds, impressions).
+        n_resamples: bootstrap resamples.
+        alpha: 1 - confidence level.
+        seed: seed of the resampling.
+
+    Returns:
+        ``(mean, low, high)`` as floats.
+    """
+    x = torch.as_tensor(np.asarray(values, dtype=np.float64))
+    if x.dim() != 1 or len(x) == 0:
+        raise ValueError(f"values must be a non-empty 1-D array, got shape {tuple(x.shape)}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(x), (n_resamples, len(x)), generator=gen)
+    means = x[idx].mean(1)  # (n_resamples,)
+    low, high = torch.quantile(means, torch.tensor([alpha / 2, 1 - alpha / 2], dtype=x.dtype))
+    return float(x.mean()), float(low), float(high)

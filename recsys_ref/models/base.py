@@ -1,0 +1,87 @@
+"""The interface every model of the book implements (after Cornac's ``score``).
+
+A model is fitted on a ratings frame (``user_idx, item_idx, rating, timestamp``) and then
+scores all items for a batch of users. Ranking, masking of seen items and top-k live here,
+once; metrics live in :mod:`recsys_ref.metrics`. See the chapter "Collaborative filtering".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recsys_ref.checks import check_index, check_k
+
+
+def _tensor(x) -> torch.Tensor:
+    """Indices as a tensor; array-likes are copied (pandas hands out read-only arrays)."""
+    return x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))
+
+
+class Recommender:
+    """Base class: subclasses implement ``fit`` and ``score``; rating models also ``predict``.
+
+    Args:
+        n_users: number of users (indices ``0..n_users-1``).
+        n_items: number of items (indices ``0..n_items-1``).
+    """
+
+    def __init__(self, n_users: int, n_items: int):
+        if n_users <= 0 or n_items <= 0:
+            raise ValueError(f"n_users and n_items must be positive, got {n_users}, {n_items}")
+        self.n_users, self.n_items = int(n_users), int(n_items)
+
+    def fit(self, train: pd.DataFrame) -> Recommender:
+        """Fit on a ratings frame; returns ``self``."""
+        raise NotImplementedError
+
+    def score(self, user_idx: torch.Tensor) -> torch.Tensor:
+        """Scores of every item per user, ``(batch,) -> (batch, n_items)``; higher is better."""
+        raise NotImplementedError
+
+    def predict(self, user_idx, item_idx) -> torch.Tensor:
+        """Predicted rating (or score) of each (user, item) pair: ``(n,), (n,) -> (n,)``.
+
+        The default gathers from :meth:`score`; rating models override it with a direct formula.
+        """
+        user_idx, item_idx = self._pairs(user_idx, item_idx)
+        out = torch.empty(len(user_idx))
+        for start in range(0, len(user_idx), 4096):  # bounded memory: (4096, n_items) at most
+            u, i = user_idx[start:start + 4096], item_idx[start:start + 4096]
+            out[start:start + 4096] = self.score(u).gather(1, i[:, None])[:, 0]
+        return out
+
+    def recommend(self, user_idx, k: int, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """Top-``k`` items per user, best first: ``(batch,) -> (batch, k)`` item indices.
+
+        Args:
+            user_idx: users to recommend for.
+            k: list length, ``1 <= k <= n_items``.
+            exclude: optional ``(n_users, n_items)`` bool mask of items never to recommend
+                (usually the training interactions, see :func:`recsys_ref.matrix.interaction_mask`).
+        """
+        k = check_k(k, self.n_items)
+        user_idx = self._users(user_idx)
+        scores = self.score(user_idx)  # (batch, n_items)
+        if exclude is not None:
+            if exclude.shape != (self.n_users, self.n_items) or exclude.dtype != torch.bool:
+                raise ValueError(f"exclude must be a bool tensor of shape "
+                                 f"({self.n_users}, {self.n_items}), got {tuple(exclude.shape)}")
+            scores = scores.masked_fill(exclude[user_idx], float("-inf"))
+        return scores.topk(k, dim=1).indices
+
+    def _users(self, user_idx) -> torch.Tensor:
+        user_idx = _tensor(user_idx)
+        if user_idx.dim() != 1:
+            raise ValueError(f"user_idx must be 1-D, got shape {tuple(user_idx.shape)}")
+        check_index(user_idx, "user_idx", self.n_users)
+        return user_idx.long()
+
+    def _pairs(self, user_idx, item_idx) -> tuple[torch.Tensor, torch.Tensor]:
+        user_idx, item_idx = self._users(user_idx), _tensor(item_idx)
+        if item_idx.shape != user_idx.shape:
+            raise ValueError(f"user_idx and item_idx must have the same shape, got "
+                             f"{tuple(user_idx.shape)} and {tuple(item_idx.shape)}")
+        check_index(item_idx, "item_idx", self.n_items)
+        return user_idx, item_idx.long()

@@ -1,0 +1,94 @@
+"""Train/test splits of a ratings frame (columns ``user_idx, item_idx, rating, timestamp``).
+
+See the chapter "Introduction and data" for when to use which.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recsys_ref.checks import check_frame
+
+FOLD_SIZE = 20_000
+
+
+def u_fold(ratings: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The canonical MovieLens-100K fold ``u<fold>`` (``u1.base``/``u1.test`` ... ``u5``).
+
+    The dataset's own ``mku.sh`` builds fold k's test set from rows ``20,000(k-1)`` to
+    ``20,000k`` of ``u.data`` (then sorts it by user and item, which does not change the
+    set) and its base set from the other 80,000 rows. ``ratings`` must therefore be the full
+    100,000 ratings in ``u.data`` order, as :func:`recsys_ref.data.movielens.load_movielens100k`
+    returns them.
+
+    Args:
+        ratings: all 100,000 ratings in file order.
+        fold: 1..5.
+
+    Returns:
+        ``(train, test)`` frames, each in file order with the original index.
+    """
+    check_frame(ratings, "ratings", ["user_idx", "item_idx", "rating"])
+    if isinstance(fold, bool) or not isinstance(fold, int | np.integer) or not 1 <= fold <= 5:
+        raise ValueError(f"fold must be an int in 1..5, got {fold!r}")
+    if len(ratings) != 5 * FOLD_SIZE:
+        raise ValueError(f"ratings must be the 100,000 MovieLens-100K ratings in u.data order, "
+                         f"got {len(ratings)} rows")
+    is_test = np.zeros(len(ratings), dtype=bool)
+    is_test[FOLD_SIZE * (fold - 1): FOLD_SIZE * fold] = True
+    return ratings[~is_test], ratings[is_test]
+
+
+def random_split(ratings: pd.DataFrame, test_size: float = 0.2, seed: int = 0):
+    """A seeded uniformly random split of the rows.
+
+    Returns:
+        ``(train, test)`` frames in the original row order.
+    """
+    check_frame(ratings, "ratings", ["user_idx", "item_idx"])
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    rng = np.random.default_rng(seed)
+    n_test = round(test_size * len(ratings))
+    is_test = np.zeros(len(ratings), dtype=bool)
+    is_test[rng.permutation(len(ratings))[:n_test]] = True
+    return ratings[~is_test], ratings[is_test]
+
+
+def leave_last_out(ratings: pd.DataFrame):
+    """Per user, the last interaction in time is the test item and the one before it the
+    validation item; everything earlier is training data.
+
+    The sort by timestamp is stable, so ratings with equal timestamps keep their file order
+    (the rule RecBole's time ordering uses). Users with one interaction keep it in train;
+    users with two have no validation item.
+
+    Returns:
+        ``(train, valid, test)`` frames; ``test`` has one row per user with >= 2 ratings.
+    """
+    check_frame(ratings, "ratings", ["user_idx", "item_idx", "timestamp"])
+    order = ratings.sort_values(["user_idx", "timestamp"], kind="stable")
+    # position from the end within each user: 0 = last, 1 = second to last
+    from_end = order.groupby("user_idx").cumcount(ascending=False).to_numpy()
+    n = order.groupby("user_idx")["item_idx"].transform("size").to_numpy()
+    test = (from_end == 0) & (n >= 2)
+    valid = (from_end == 1) & (n >= 3)
+    return order[~test & ~valid], order[valid], order[test]
+
+
+def temporal_split(ratings: pd.DataFrame, test_size: float = 0.2):
+    """A global temporal split: the latest ``test_size`` fraction of ratings is the test set.
+
+    Every training rating is older than (or as old as) every test rating; ties at the cut
+    are broken by file order. Test users may be absent from training (cold start).
+
+    Returns:
+        ``(train, test)`` frames in time order.
+    """
+    check_frame(ratings, "ratings", ["user_idx", "item_idx", "timestamp"])
+    if not 0 < test_size < 1:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    order = ratings.sort_values("timestamp", kind="stable")
+    cut = len(order) - round(test_size * len(order))
+    return order.iloc[:cut], order.iloc[cut:]
