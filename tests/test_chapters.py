@@ -56,6 +56,85 @@ def introduction(g):
     assert g["pop_coverage10"] < 0.1
 
 
+@claims("collaborative_filtering")
+def collaborative_filtering(g):
+    assert g["u1_cold_test"] > 0  # u1.test has ratings of movies absent from u1.base
+    assert g["top_bias_min_ratings"] >= 50  # the largest item biases are well supported
+    # Star Wars / Return of the Jedi: the raw cosine is large, the centred Pearson smaller
+    assert g["sw_jedi_support"] > 100 and g["sw_jedi_cosine"] > g["sw_jedi_pearson"] > 0
+    # --- rating prediction, mean RMSE over u1..u5 (all five folds at SMOKE settings too)
+    m = {k: g[f"rmse_{k}_mean"] for k in ("global", "bias", "basic_cos", "means_pearson",
+                                           "adjcos", "knn_user", "knn_item", "tuned")}
+    # "biases do most of the work": their gain over the mean dwarfs the best k-NN's over them
+    assert g["rmse_gain_bias_vs_global"] > 3 * (m["bias"] - min(m.values()))
+    # "centring matters most": raw-cosine KNNBasic worse than the biases, KNNWithMeans better,
+    # KNNBaseline best of Surprise's variants; centring by means removes most of the gap
+    assert m["basic_cos"] > m["bias"] > m["means_pearson"] > m["knn_user"] > m["knn_item"]
+    assert m["basic_cos"] - m["means_pearson"] > m["means_pearson"] - m["knn_item"]
+    assert m["adjcos"] < m["knn_item"] and g["adjcos_beats_pb_folds"] >= 4
+    # item-based better on average, not on every fold and not on u1
+    assert 0 < g["item_beats_user_folds"] < g["n_folds"] == 5
+    assert g["rmse_knn_item_u1"] > g["rmse_knn_user_u1"]
+    # "we reproduce Surprise": Surprise prints 4 decimals, so up to rounding (+ float noise)
+    for key in ("bias", "means_pearson", "knn_user", "knn_item"):
+        assert g[f"surprise_gap_{key}"] < 1e-4 and g[f"surprise_gap_{key}_u1"] < 1e-4
+    assert g["surprise_gap_basic_cos"] < 1e-4 and g["surprise_gap_basic_cos_u1"] < 1e-3
+    assert g["rmse_knn_item_mean"] == pytest.approx(0.9204, abs=1e-4)  # Surprise's figure
+    # tuned on training data only: better than the defaults on every fold, best of the table
+    assert g["tuned_gain_min"] > 0 and g["tuned_gain_mean"] > 0.002
+    assert m["tuned"] == min(m.values())
+    # --- error against k (u1): k=5 worse than the biases, falls to k=40, then flat
+    assert g["sweep_item_k5"] > g["bias_rmse_u1"] > g["sweep_item_k40"]
+    assert g["sweep_item_k5"] - g["sweep_item_k40"] > 0.02
+    assert abs(g["sweep_item_k200"] - g["sweep_item_k40"]) < 0.002
+    # error by item support: cold items: biases beat the mean; popular: k-NN clearly beats
+    # the biases; rare (1-9 ratings): k-NN is worse than the biases
+    assert g["bysupport_cold_bias"] < g["bysupport_cold_global"]
+    assert g["bysupport_popular_knn"] < g["bysupport_popular_bias"] - 0.02
+    assert g["bysupport_rare_knn"] > g["bysupport_rare_bias"]
+    # --- similarities: one co-rater gives +-1; low-support pairs extreme; shrinkage fixes it
+    assert g["support1_extreme_share"] == pytest.approx(100)
+    assert g["few_extreme_share"] > 50 and g["many_extreme_share"] < 1
+    assert g["few_abs_raw"] > 5 * g["many_abs_raw"]
+    assert g["few_abs_shrunk"] < 0.01
+    assert (g["many_abs_shrunk"] / g["many_abs_raw"]
+            > 10 * g["few_abs_shrunk"] / g["few_abs_raw"])
+    # --- worked neighbourhood: the two sequels first, all well supported; the correction
+    assert {g["sw_top1_id"], g["sw_top2_id"]} == {172, 181}
+    assert g["sw_min_support"] >= 50
+    assert g["worked_rated_sequels"] == 0 and g["worked_correction"] > 0
+    assert g["worked_pos_share"] > 0.5
+    assert abs(g["worked_prediction"] - g["worked_true"]) < 0.5
+    assert g["article_prediction"] < 1  # dividing by |N| instead of sum s: off the 1-5 scale
+    # --- top-N, leave-last-out test, full ranking
+    ndcg = {k: g[f"topn_{k}_ndcg10"] for k in ("pop", "bias", "userknn", "itemknn", "ease")}
+    assert ndcg["ease"] > ndcg["itemknn"] > ndcg["userknn"] > ndcg["pop"] > ndcg["bias"]
+    # the same popularity model as the introduction, and the earlier measured EASE/ItemKNN
+    assert ndcg["pop"] == pytest.approx(0.0448, abs=5e-4)
+    assert ndcg["ease"] == pytest.approx(0.0723, abs=5e-4)
+    assert ndcg["itemknn"] == pytest.approx(0.0686, abs=5e-4)
+    assert g["ease_over_pop"] > 1.4
+    # every neighbourhood beats popularity (paired interval excludes 0); bias ranks worst
+    for key in ("user_pop", "item_pop", "ease_pop", "pop_bias"):
+        assert g[f"paired_{key}_low"] > 0
+    # "within noise": EASE - ItemKNN and ItemKNN - UserKNN intervals contain 0
+    for key in ("ease_item", "item_user"):
+        assert g[f"paired_{key}_low"] < 0 < g[f"paired_{key}_high"]
+        assert g[f"paired_{key}_mean"] < 2 * g[f"paired_{key}_se"]
+    assert g["paired_ease_user_low"] > 0
+    assert g["val_user_best"] > g["val_item_best"]  # validation order differs from test
+    # comparison with the introduction and popularity bias
+    assert g["topn_itemknn_hr10"] > g["topn_pop_hr10"] and g["topn_ease_hr10"] > g["topn_pop_hr10"]
+    assert g["topn_ease_cov10"] > 5 * g["topn_pop_cov10"] and g["topn_ease_cov10"] < 0.5
+    assert g["topn_pop_nov10"] < min(g[f"topn_{k}_nov10"] for k in ("userknn", "itemknn", "ease"))
+    # --- leakage: selecting k on the test fold is optimistic but only slightly (flat curve);
+    # test ratings in the similarity give a large fake gain; u1.base holds all of u2.test
+    assert g["sweep_item_k40"] - 0.001 < g["sweep_best_on_test"] <= g["sweep_item_k40"]
+    assert g["leak_honest"] == pytest.approx(g["rmse_knn_item_u1"], abs=1e-6)
+    assert g["leak_ratio"] > 10
+    assert g["u2_test_in_u1_base"] == pytest.approx(100)
+
+
 def test_every_chapter_has_claims():
     assert set(chapters_in_toc()) == set(CLAIMS), "a chapter without asserted claims"
 
