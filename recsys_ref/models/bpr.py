@@ -1,0 +1,177 @@
+r"""Bayesian personalised ranking (Rendle et al. 2009) for implicit feedback.
+
+See the chapter "Matrix factorization".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from recsys_ref.checks import check_frame, check_positive_int
+from recsys_ref.matrix import interaction_mask
+from recsys_ref.models.base import Recommender
+from recsys_ref.models.mf import Factors
+from recsys_ref.training import fit_epochs, minibatches, ranking_eval_fn, seed_everything
+
+
+def sample_negatives(users: torch.Tensor, n_items: int, n_negatives: int = 1,
+                     exclude: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw items uniformly for each user, optionally never one of the user's positives.
+
+    Rejection sampling, vectorised: draw for everyone, then redraw only the collisions until
+    none is left. On MovieLens a user has seen 6% of the items on average (at most 44%), so
+    a round or two suffices.
+
+    Args:
+        users: ``(n,)`` user indices.
+        n_items: items are drawn from ``0..n_items-1``.
+        n_negatives: draws per user.
+        exclude: optional ``(n_users, n_items)`` bool mask of items never to return
+            (the user's training positives).
+        generator: the source of randomness (see :func:`recsys_ref.training.seed_everything`).
+
+    Returns:
+        ``(n, n_negatives)`` item indices. See the chapter "Matrix factorization".
+    """
+    n_negatives = check_positive_int(n_negatives, "n_negatives")
+    neg = torch.randint(n_items, (len(users), n_negatives), generator=generator)
+    if exclude is None:
+        return neg
+    if exclude.dtype != torch.bool or exclude.dim() != 2 or exclude.shape[1] != n_items:
+        raise ValueError(f"exclude must be a (n_users, {n_items}) bool tensor, "
+                         f"got {exclude.dtype} of shape {tuple(exclude.shape)}")
+    bad = exclude[users[:, None], neg]  # (n, n_negatives) True on a positive
+    rounds = 0
+    while bad.any():
+        rounds += 1
+        # a user with every item excluded would loop forever; checked late, as it costs time
+        if rounds > 10 and exclude[users[bad.any(1)]].all(1).any():
+            raise ValueError("exclude leaves some user no item to sample")
+        neg[bad] = torch.randint(n_items, (int(bad.sum()),), generator=generator)
+        bad = exclude[users[:, None], neg]
+    return neg
+
+
+def bpr_loss(factors: Factors, users, pos, neg, reg: float) -> torch.Tensor:
+    r"""The BPR objective summed over the triples of a batch (one per negative).
+
+    With :math:`\hat x_{ui} = p_u^\top q_i + b_i` and :math:`\sigma` the logistic function:
+
+    .. math::
+        L = \sum_{(u, i, j)} \Big[ -\ln \sigma(\hat x_{ui} - \hat x_{uj})
+            + \frac{\lambda}{2} (\|p_u\|^2 + \|q_i\|^2 + \|q_j\|^2 + b_i^2 + b_j^2) \Big]
+
+    The penalty is charged per triple, on the parameters the triple touches, as in
+    LearnBPR's update :math:`\theta \leftarrow \theta + \gamma (\sigma(-\hat x_{uij})
+    \partial \hat x_{uij} / \partial\theta - \lambda \theta)`.
+
+    Args:
+        factors: the parameters (``b_u`` is ignored: it cancels in every difference).
+        users, pos: ``(n,)`` users and their positive items.
+        neg: ``(n, k)`` negative items.
+        reg: :math:`\lambda`.
+
+    Returns:
+        A scalar tensor. See the chapter "Matrix factorization".
+    """
+    p, q_i = F.embedding(users, factors.P), F.embedding(pos, factors.Q)  # (n, d)
+    q_j = F.embedding(neg, factors.Q)  # (n, k, d)
+    b_i, b_j = factors.b_i[pos], factors.b_i[neg]  # (n,), (n, k)
+    x_ui = (p * q_i).sum(-1) + b_i  # (n,)
+    x_uj = (p[:, None, :] * q_j).sum(-1) + b_j  # (n, k)
+    k = neg.shape[1]
+    penalty = k * ((p * p).sum(-1) + (q_i * q_i).sum(-1) + b_i * b_i) \
+        + (q_j * q_j).sum((-1, -2)) + (b_j * b_j).sum(-1)  # (n,): the k triples of a positive
+    return -F.logsigmoid(x_ui[:, None] - x_uj).sum() + 0.5 * reg * penalty.sum()
+
+
+@dataclass
+class BPRConfig:
+    """Hyperparameters of :class:`BPR` (defaults: tuned on MovieLens-100K leave-last-out)."""
+
+    n_factors: int = 64  # d
+    n_epochs: int = 200  # maximum epochs (one epoch: every training pair once)
+    lr: float = 0.002  # Adam step size
+    reg: float = 1e-4  # lambda, per triple
+    n_negatives: int = 1  # negatives per positive pair
+    batch_size: int = 1024  # positive pairs per minibatch
+    init_std: float = 0.1  # factors start as N(0, init_std^2)
+    item_bias: bool = True  # learn b_i (item popularity); False: Rendle's plain BPR-MF
+    patience: int | None = 5  # evaluations without improvement before stopping (with valid)
+    eval_every: int = 5  # epochs between validation evaluations
+    metric: str = "NDCG@10"  # validation metric for early stopping
+    seed: int = 0
+    progress: bool = False  # tqdm progress bar
+
+    def __post_init__(self):
+        for name in ("n_factors", "n_epochs", "n_negatives", "batch_size", "eval_every"):
+            setattr(self, name, check_positive_int(getattr(self, name), name))
+        self.seed = check_positive_int(self.seed, "seed", minimum=0)
+        if self.patience is not None:
+            self.patience = check_positive_int(self.patience, "patience")
+        for name in ("lr", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.reg >= 0:
+            raise ValueError(f"reg must be >= 0, got {self.reg}")
+
+
+class BPR(Recommender):
+    r"""Matrix factorization trained with the BPR pairwise loss (Rendle et al. 2009).
+
+    Scores :math:`\hat x_{ui} = p_u^\top q_i + b_i`; minimises :func:`bpr_loss` with Adam over
+    minibatches of training pairs, each with ``n_negatives`` items sampled uniformly among
+    those the user has not interacted with (:func:`sample_negatives`). Ratings are ignored:
+    every training pair is a positive. With ``valid`` given to :meth:`fit`, training stops
+    when the validation ``metric`` (full ranking, training items excluded) has not improved
+    for ``patience`` evaluations and the best parameters are kept.
+
+    Args:
+        n_users, n_items: table sizes.
+        config: a :class:`BPRConfig`; keyword arguments override its fields.
+
+    See the chapter "Matrix factorization".
+    """
+
+    def __init__(self, n_users: int, n_items: int, config: BPRConfig | None = None, **overrides):
+        super().__init__(n_users, n_items)
+        self.config = replace(config or BPRConfig(), **overrides)  # validates in __post_init__
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BPR:
+        """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""
+        cfg = self.config
+        check_frame(train, "train", ["user_idx", "item_idx"])
+        seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
+        users, items = seen.nonzero(as_tuple=True)  # (n,) distinct pairs
+        gen = seed_everything(cfg.seed)
+        self.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
+                                item_bias=cfg.item_bias, init_std=cfg.init_std, generator=gen)
+        opt = torch.optim.Adam(self.factors_.parameters(), lr=cfg.lr, fused=True)
+
+        def epoch(_):
+            total = 0.0
+            for u, i in minibatches(users, items, batch_size=cfg.batch_size, generator=gen):
+                j = sample_negatives(u, self.n_items, cfg.n_negatives, seen, gen)  # (b, k)
+                loss = bpr_loss(self.factors_, u, i, j, cfg.reg)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.item()
+            return total / (len(users) * cfg.n_negatives)
+
+        eval_fn = None if valid is None else ranking_eval_fn(self, valid, train, cfg.metric)
+        result = fit_epochs(epoch, cfg.n_epochs, eval_fn=eval_fn, module=self.factors_,
+                            patience=cfg.patience, eval_every=cfg.eval_every,
+                            progress=cfg.progress, desc="BPR")
+        self.history_, self.best_epoch_ = result.history, result.best_epoch
+        return self
+
+    @torch.no_grad()
+    def score(self, user_idx) -> torch.Tensor:
+        """``(batch,) -> (batch, n_items)``: ``p_u Q^T + b_i``."""
+        return self.factors_.score(self._users(user_idx))

@@ -1,0 +1,272 @@
+"""The one training loop of the book: seeding, minibatches, epochs, early stopping, history;
+and the batched ridge solves that alternating-least-squares sweeps are made of.
+
+Every trained model of ``recsys_ref`` goes through :func:`fit_epochs`, whether an epoch is a
+pass of minibatch SGD or one sweep of alternating least squares: the model supplies what one
+epoch does and how to score the validation data, and the loop does the rest (progress bar,
+evaluation every ``eval_every`` epochs, patience, restoring the best parameters, a history the
+chapters plot). See the chapter "Matrix factorization".
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from recsys_ref import metrics
+from recsys_ref.checks import check_frame, check_positive_int
+from recsys_ref.matrix import column
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's, NumPy's and torch's global generators; return a fresh seeded generator.
+
+    Models draw every random number (initialisation, shuffling, negative samples) from the
+    returned :class:`torch.Generator`, so a fit depends on ``seed`` alone and not on what ran
+    before it; the global seeds only cover code that ignores the generator.
+
+    Args:
+        seed: a non-negative integer.
+
+    Returns:
+        A ``torch.Generator`` (CPU) seeded with ``seed``.
+    """
+    seed = check_positive_int(seed, "seed", minimum=0)
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - seeding the legacy global state is the point here
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def minibatches(*tensors: torch.Tensor, batch_size: int, shuffle: bool = True,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield aligned minibatches of rows of ``tensors``, in a seeded random order.
+
+    The permutation is applied once per call (one gather per tensor), and each batch is then a
+    contiguous slice: no per-example Python work.
+
+    Args:
+        tensors: tensors with the same first dimension ``n`` (e.g. users, items, ratings).
+        batch_size: rows per batch; the last batch may be smaller.
+        shuffle: permute the rows first (with ``generator``).
+        generator: the source of the permutation (see :func:`seed_everything`).
+
+    Returns:
+        An iterator of tuples ``(t1[batch], t2[batch], ...)``.
+    """
+    batch_size = check_positive_int(batch_size, "batch_size")
+    if not tensors:
+        raise ValueError("minibatches needs at least one tensor")
+    n = len(tensors[0])
+    if any(len(t) != n for t in tensors):
+        raise ValueError(f"tensors must have the same length, got {[len(t) for t in tensors]}")
+    if shuffle:
+        order = torch.randperm(n, generator=generator)  # (n,)
+        tensors = tuple(t[order] for t in tensors)
+    for start in range(0, n, batch_size):
+        yield tuple(t[start:start + batch_size] for t in tensors)
+
+
+def rmse_eval_fn(model, valid: pd.DataFrame) -> Callable[[], float]:
+    """A validation function for :func:`fit_epochs`: RMSE of ``model.predict`` on ``valid``.
+
+    Lower is better (pass ``higher_is_better=False``). The frame is read once, here.
+    """
+    check_frame(valid, "valid", ["user_idx", "item_idx", "rating"])
+    users, items = column(valid, "user_idx"), column(valid, "item_idx")  # (n,)
+    ratings = column(valid, "rating", torch.float32)  # (n,)
+    return lambda: metrics.rmse(model.predict(users, items), ratings)
+
+
+def ranking_eval_fn(model, valid: pd.DataFrame, exclude, metric: str = "NDCG@10",
+                    ) -> Callable[[], float]:
+    """A validation function for :func:`fit_epochs`: a full-ranking metric on ``valid``.
+
+    Args:
+        model: the model being trained (scored through its ``score``).
+        valid: the validation interactions (``user_idx, item_idx``).
+        exclude: frame(s) masked before ranking, usually the training frame.
+        metric: a key of :func:`recsys_ref.evaluation.evaluate_ranking`'s result, e.g.
+            ``"NDCG@10"``, ``"Recall@20"``.
+    """
+    # imported here: recsys_ref.evaluation imports the models package, whose models import
+    # this module, so a top-level import would be circular
+    from recsys_ref.evaluation import evaluate_ranking
+
+    check_frame(valid, "valid", ["user_idx", "item_idx"])
+    name, _, k = metric.partition("@")
+    if name not in ("HR", "Precision", "Recall", "NDCG", "MAP", "Coverage") or not k.isdigit():
+        raise ValueError(f"metric must look like 'NDCG@10' or 'Recall@20', got {metric!r}")
+    return lambda: evaluate_ranking(model, valid, exclude, ks=(int(k),))[metric]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_epochs` returns.
+
+    ``history`` has one dict per epoch: ``epoch`` (1-based), ``loss`` (what ``epoch_fn``
+    returned), ``valid`` (the validation metric, NaN when not evaluated that epoch),
+    ``seconds`` (that epoch's training time, evaluation excluded) and ``elapsed`` (wall time
+    since the start, evaluation included); ``pandas.DataFrame(history)`` is ready to plot.
+    """
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None  # epoch whose parameters were kept (None: no validation)
+    best_valid: float | None = None  # its validation metric
+    stopped_early: bool = False  # True if patience ran out before n_epochs
+
+
+def fit_epochs(
+    epoch_fn: Callable[[int], float | None],
+    n_epochs: int,
+    *,
+    eval_fn: Callable[[], float] | None = None,
+    module: torch.nn.Module | None = None,
+    higher_is_better: bool = True,
+    patience: int | None = None,
+    eval_every: int = 1,
+    progress: bool = False,
+    desc: str | None = None,
+) -> FitResult:
+    """Run ``n_epochs`` epochs with optional validation, early stopping and best-state restore.
+
+    After every ``eval_every``-th epoch (and the last one) ``eval_fn()`` scores the model on
+    validation data. The parameters of the best evaluation so far are copied from
+    ``module.state_dict()``; after ``patience`` evaluations in a row without improvement the
+    loop stops, and in any case the best copy is loaded back at the end, so the model leaves
+    the loop in its best validated state.
+
+    Args:
+        epoch_fn: ``epoch_fn(epoch)`` trains one epoch (``epoch`` is 1-based) and returns its
+            training loss (or ``None``).
+        n_epochs: maximum number of epochs.
+        eval_fn: returns the validation metric of the current parameters; ``None`` trains for
+            exactly ``n_epochs`` with no evaluation.
+        module: holds the parameters to keep and restore (anything with ``state_dict`` and
+            ``load_state_dict``); required with ``eval_fn``.
+        higher_is_better: ``True`` for NDCG-like metrics, ``False`` for RMSE-like ones.
+        patience: evaluations without improvement before stopping; ``None`` never stops early.
+        eval_every: evaluate every this many epochs (evaluation can cost more than an epoch).
+        progress: show a tqdm progress bar.
+        desc: the progress bar's label.
+
+    Returns:
+        A :class:`FitResult`. See the chapter "Matrix factorization".
+    """
+    n_epochs = check_positive_int(n_epochs, "n_epochs")
+    eval_every = check_positive_int(eval_every, "eval_every")
+    if patience is not None:
+        patience = check_positive_int(patience, "patience")
+    if eval_fn is not None and module is None:
+        raise ValueError("module must be given with eval_fn (its best state is restored)")
+    result, best_state, bad_evals = FitResult(), None, 0
+    start = time.perf_counter()
+    bar = tqdm(range(1, n_epochs + 1), desc=desc, disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss = epoch_fn(epoch)
+        row = {"epoch": epoch, "loss": math.nan if loss is None else float(loss),
+               "valid": math.nan, "seconds": time.perf_counter() - t0}
+        if eval_fn is not None and (epoch % eval_every == 0 or epoch == n_epochs):
+            value = float(eval_fn())
+            row["valid"] = value
+            improved = result.best_valid is None or (
+                value > result.best_valid if higher_is_better else value < result.best_valid)
+            if improved:
+                result.best_epoch, result.best_valid, bad_evals = epoch, value, 0
+                # deepcopy: state_dict() returns references that later epochs would overwrite
+                best_state = copy.deepcopy(module.state_dict())
+            else:
+                bad_evals += 1
+        row["elapsed"] = time.perf_counter() - start
+        result.history.append(row)
+        bar.set_postfix(loss=row["loss"], valid=row["valid"], refresh=False)
+        if patience is not None and bad_evals >= patience:
+            result.stopped_early = epoch < n_epochs
+            break
+    bar.close()
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    return result
+
+
+# ----------------------------------------------------------------------------- ALS sweeps
+
+
+def row_blocks(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, block_size: int = 32):
+    """Group the entries of a sparse matrix by row, in padded blocks of similar-length rows.
+
+    Rows are sorted by their number of entries and cut into blocks of ``block_size``; within a
+    block every row is padded to the longest one, so a block is one batched matrix product
+    (padding wastes about 10% on MovieLens, where a dense mask would waste 94%).
+
+    Args:
+        rows, cols: ``(n,)`` coordinates of the entries (e.g. users and items of ratings).
+        n_rows: number of rows; rows without entries appear in no block.
+        block_size: rows per block.
+
+    Returns:
+        A list of ``(row_ids (g,), col_ids (g, L), entry_ids (g, L))``; padded cells hold
+        column ``-1`` and entry ``n`` (one past the last entry), which :func:`ridge_solve`
+        maps to a zero feature row and a zero target.
+    """
+    counts = torch.bincount(rows, minlength=n_rows)  # (n_rows,)
+    order = torch.argsort(rows, stable=True)  # entries grouped by row, in frame order
+    starts = torch.cumsum(counts, 0) - counts  # (n_rows,) first position of each row
+    by_len = torch.argsort(counts, stable=True)
+    by_len = by_len[counts[by_len] > 0]
+    blocks = []
+    for s in range(0, len(by_len), block_size):
+        r = by_len[s:s + block_size]  # (g,)
+        pos = torch.arange(int(counts[r].max()))  # (L,)
+        pad = pos[None, :] >= counts[r][:, None]  # (g, L) True on padding
+        entry = order[(starts[r][:, None] + pos).clamp(max=len(rows) - 1)]
+        entry = entry.masked_fill(pad, len(rows))  # (g, L)
+        blocks.append((r, cols[entry.clamp(max=len(rows) - 1)].masked_fill(pad, -1), entry))
+    return blocks
+
+
+def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_rows: int,
+                gram: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Solve one ridge regression per row, batched by blocks (Cholesky).
+
+    For every row :math:`r` with entries :math:`e \in E_r` in columns :math:`c(e)`:
+
+    .. math::
+        \theta_r = \arg\min_\theta \sum_{e \in E_r} (y_e - \theta^\top x_{c(e)})^2
+            + \theta^\top (G + \mathrm{diag}(\rho_r)) \theta
+        = \Big(\sum_{e} x_{c(e)} x_{c(e)}^\top + G + \mathrm{diag}(\rho_r)\Big)^{-1}
+          \sum_{e} y_e x_{c(e)}
+
+    Args:
+        blocks: from :func:`row_blocks`.
+        X: ``(n_cols, k)`` column features (the fixed side).
+        y: ``(n,)`` targets of the entries.
+        reg: ``(n_rows, k)`` diagonal penalties :math:`\rho_r`.
+        n_rows: rows of the output.
+        gram: optional ``(k, k)`` matrix :math:`G` shared by every row (iALS's
+            :math:`\alpha_0 H^\top H`).
+
+    Returns:
+        ``(n_rows, k)``; rows without entries are 0. See the chapter "Matrix factorization".
+    """
+    X = torch.cat([X, X.new_zeros(1, X.shape[1])])  # (n_cols + 1, k): index -1 is a zero row
+    y = torch.cat([y, y.new_zeros(1)])  # (n + 1,): entry n is padding
+    out = X.new_zeros(n_rows, X.shape[1])
+    for r, c, e in blocks:
+        Xb = X[c]  # (g, L, k), zero rows on padding
+        A = Xb.mT @ Xb + torch.diag_embed(reg[r])  # (g, k, k)
+        if gram is not None:
+            A = A + gram
+        b = Xb.mT @ y[e][:, :, None]  # (g, k, 1)
+        out[r] = torch.cholesky_solve(b, torch.linalg.cholesky(A))[:, :, 0]
+    return out
