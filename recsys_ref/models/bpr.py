@@ -92,17 +92,21 @@ def bpr_loss(factors: Factors, users, pos, neg, reg: float) -> torch.Tensor:
 
 @dataclass
 class BPRConfig:
-    """Hyperparameters of :class:`BPR` (defaults: tuned on MovieLens-100K leave-last-out)."""
+    """Hyperparameters of :class:`BPR`.
+
+    The defaults were chosen on the validation item of MovieLens-100K's leave-last-out split
+    (fit on the training part; lr, reg and n_negatives on grids, early stopping on NDCG@10).
+    """
 
     n_factors: int = 64  # d
-    n_epochs: int = 200  # maximum epochs (one epoch: every training pair once)
-    lr: float = 0.002  # Adam step size
-    reg: float = 1e-4  # lambda, per triple
-    n_negatives: int = 1  # negatives per positive pair
+    n_epochs: int = 75  # maximum epochs (one epoch: every training pair once); 75 was best
+    lr: float = 0.001  # Adam step size
+    reg: float = 0.001  # lambda, per triple
+    n_negatives: int = 4  # negatives per positive pair
     batch_size: int = 1024  # positive pairs per minibatch
     init_std: float = 0.1  # factors start as N(0, init_std^2)
     item_bias: bool = True  # learn b_i (item popularity); False: Rendle's plain BPR-MF
-    patience: int | None = 5  # evaluations without improvement before stopping (with valid)
+    patience: int | None = 6  # evaluations without improvement before stopping (with valid)
     eval_every: int = 5  # epochs between validation evaluations
     metric: str = "NDCG@10"  # validation metric for early stopping
     seed: int = 0
