@@ -171,6 +171,12 @@ def test_biased_mf_bad_hyperparameters(kwargs, match):
         BiasedMF(N_USERS, N_ITEMS, **kwargs)
 
 
+def test_biased_mf_solver_defaults():
+    assert BiasedMF(N_USERS, N_ITEMS).config.schedule() == (45, 0.002)
+    assert BiasedMF(N_USERS, N_ITEMS, solver="sgd").config.schedule() == (100, 0.005)
+    assert BiasedMF(N_USERS, N_ITEMS, solver="als", n_epochs=3).config.schedule()[0] == 3
+
+
 def test_models_reject_frames_missing_columns():
     df = low_rank_ratings()
     for model in (BiasedMF(N_USERS, N_ITEMS), BPR(N_USERS, N_ITEMS), IALS(N_USERS, N_ITEMS)):
@@ -290,10 +296,12 @@ def test_ials_conjugate_gradient_converges_to_cholesky():
     assert obj[0] > obj[1] > obj[2]
 
 
-def test_ials_fit_decreases_objective_is_deterministic_and_validates():
+@pytest.mark.parametrize("solver", ["cholesky", "cg"])
+def test_ials_fit_decreases_objective_is_deterministic_and_validates(solver):
     df = low_rank_ratings(density=0.5)
     train, valid = df.iloc[:-N_USERS], df.iloc[-N_USERS:].drop_duplicates("user_idx")
-    kw = dict(n_factors=3, n_epochs=6, reg=0.01, alpha0=0.1, patience=None, metric="NDCG@5")
+    kw = dict(n_factors=3, n_epochs=6, reg=0.01, alpha0=0.1, patience=None, metric="NDCG@5",
+              solver=solver)
     a = IALS(N_USERS, N_ITEMS, **kw).fit(train)
     losses = [h["loss"] for h in a.history_]
     assert all(x >= y - 1e-6 for x, y in zip(losses, losses[1:], strict=False))
