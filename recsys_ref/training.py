@@ -199,6 +199,28 @@ def fit_epochs(
     return result
 
 
+def fit_from_config(epoch_fn: Callable[[int], float | None], config, *,
+                    module: torch.nn.Module, eval_fn: Callable[[], float] | None = None,
+                    higher_is_better: bool = True, desc: str | None = None) -> FitResult:
+    """:func:`fit_epochs` with ``n_epochs``, ``patience``, ``eval_every`` and ``progress`` read
+    from a model's config (every trained model's config has these four fields)."""
+    return fit_epochs(epoch_fn, config.n_epochs, eval_fn=eval_fn, module=module,
+                      higher_is_better=higher_is_better, patience=config.patience,
+                      eval_every=config.eval_every, progress=config.progress, desc=desc)
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """Zero the gradients, back-propagate ``loss`` and take one optimizer step.
+
+    Returns:
+        ``loss`` as a float, for the epoch's running total.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 # ----------------------------------------------------------------------------- ALS sweeps
 
 

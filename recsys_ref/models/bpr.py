@@ -15,7 +15,13 @@ from recsys_ref.checks import check_frame, check_positive_int
 from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import Recommender
 from recsys_ref.models.mf import Factors
-from recsys_ref.training import fit_epochs, minibatches, ranking_eval_fn, seed_everything
+from recsys_ref.training import (
+    fit_from_config,
+    gradient_step,
+    minibatches,
+    ranking_eval_fn,
+    seed_everything,
+)
 
 
 def sample_negatives(users: torch.Tensor, n_items: int, n_negatives: int = 1,
@@ -161,17 +167,11 @@ class BPR(Recommender):
             total = 0.0
             for u, i in minibatches(users, items, batch_size=cfg.batch_size, generator=gen):
                 j = sample_negatives(u, self.n_items, cfg.n_negatives, seen, gen)  # (b, k)
-                loss = bpr_loss(self.factors_, u, i, j, cfg.reg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += loss.item()
+                total += gradient_step(opt, bpr_loss(self.factors_, u, i, j, cfg.reg))
             return total / (len(users) * cfg.n_negatives)
 
         eval_fn = None if valid is None else ranking_eval_fn(self, valid, train, cfg.metric)
-        result = fit_epochs(epoch, cfg.n_epochs, eval_fn=eval_fn, module=self.factors_,
-                            patience=cfg.patience, eval_every=cfg.eval_every,
-                            progress=cfg.progress, desc="BPR")
+        result = fit_from_config(epoch, cfg, module=self.factors_, eval_fn=eval_fn, desc="BPR")
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         return self
 

@@ -17,7 +17,7 @@ from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import Recommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
-    fit_epochs,
+    fit_from_config,
     ranking_eval_fn,
     ridge_solve,
     row_blocks,
@@ -201,9 +201,7 @@ class IALS(Recommender):
             return ials_objective(f.P, f.Q, mask, cfg.alpha0, cfg.reg, cfg.nu).item() / n_pairs
 
         eval_fn = None if valid is None else ranking_eval_fn(self, valid, train, cfg.metric)
-        result = fit_epochs(epoch, cfg.n_epochs, eval_fn=eval_fn, module=f,
-                            patience=cfg.patience, eval_every=cfg.eval_every,
-                            progress=cfg.progress, desc="iALS")
+        result = fit_from_config(epoch, cfg, module=f, eval_fn=eval_fn, desc="iALS")
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         return self
 

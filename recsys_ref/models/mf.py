@@ -21,6 +21,7 @@ from recsys_ref.models.base import Recommender
 from recsys_ref.models.baselines import RATING_COLUMNS
 from recsys_ref.training import (
     fit_epochs,
+    gradient_step,
     minibatches,
     ridge_solve,
     rmse_eval_fn,
@@ -261,11 +262,8 @@ class BiasedMF(Recommender):
             def epoch(_):
                 total = 0.0
                 for ub, ib, rb in minibatches(u, i, r, batch_size=cfg.batch_size, generator=gen):
-                    loss = mf_objective(self.factors_, ub, ib, rb, **hyper, counts=counts)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += loss.item()
+                    total += gradient_step(
+                        opt, mf_objective(self.factors_, ub, ib, rb, **hyper, counts=counts))
                 return total / len(r)
 
         eval_fn = None if valid is None else rmse_eval_fn(self, valid)
