@@ -205,6 +205,27 @@ def deep_recommenders(g):
     assert 0 < g["autorec_u1"] < 1.3
 
 
+@claims("pretraining")
+def pretraining(g):
+    # from scratch: the next-item loss by hand, causality and padding invariance
+    assert g["loss_gap"] < 1e-5 and g["future_gap"] < 1e-5 and g["pad_gap"] < 1e-5
+    assert g["max_len"] == 50 and 30 < g["truncated_pct"] < 80
+    # the earlier chapters' deterministic models reproduce their figures
+    assert g["pop_ndcg10"] == pytest.approx(0.0449, abs=5e-4)
+    assert g["ease_ndcg10"] == pytest.approx(0.0723, abs=5e-4)
+    for key in ("pop", "ease", "ials", "tt", "sasrec"):
+        assert g[f"{key}_low"] < g[f"{key}_ndcg10"] < g[f"{key}_high"]
+        assert 0 < g[f"{key}_cov10"] <= 1
+    assert g["sasrec_ndcg10"] > g["pop_ndcg10"]  # even a few epochs beat popularity
+    assert g["sasrec_gain_low"] <= g["sasrec_gain"] <= g["sasrec_gain_high"]
+    assert g["best_set"] in ("EASE", "iALS", "TwoTower")
+    assert g["best_pre"] in ("cloze", "contrastive")
+    # the like classifier learns something from every labelled fraction
+    for key in ("10", "100"):
+        assert 0.55 < g[f"like_scratch_{key}"] < 1 and 0.55 < g[f"like_pre_{key}"] < 1
+    assert g["smallest_ndcg"] <= g["best_size_ndcg"]
+
+
 @claims("matrix_factorization")
 def matrix_factorization(g):
     # explicit, u1 (+ u2..u5 at full settings): MF beats the biases and KNNBaseline defaults

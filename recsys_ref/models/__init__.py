@@ -9,10 +9,12 @@ from recsys_ref.models.ials import IALS, IALSConfig
 from recsys_ref.models.mf import BiasedMF, MFConfig
 from recsys_ref.models.ncf import NCF, NCFConfig
 from recsys_ref.models.neighborhood import ItemKNN, KNNRating, UserKNN, similarity_matrix
+from recsys_ref.models.sasrec import SASRec, SASRecConfig
 from recsys_ref.models.two_tower import TwoTower, TwoTowerConfig
 
 __all__ = [
     "BPR", "EASE", "IALS", "NCF", "AutoRec", "AutoRecConfig", "BPRConfig", "BiasBaseline",
     "BiasedMF", "GlobalMean", "IALSConfig", "ItemKNN", "KNNRating", "MFConfig", "NCFConfig",
-    "Popularity", "Recommender", "TwoTower", "TwoTowerConfig", "UserKNN", "similarity_matrix",
+    "Popularity", "Recommender", "SASRec", "SASRecConfig", "TwoTower", "TwoTowerConfig",
+    "UserKNN", "similarity_matrix",
 ]
