@@ -39,7 +39,7 @@ from recsys_ref.sequences import (
     trim_padding,
     user_sequences,
 )
-from recsys_ref.training import fit_epochs, minibatches, seed_everything
+from recsys_ref.training import fit_epochs, gradient_step, minibatches, seed_everything
 
 OBJECTIVES = ("cloze", "contrastive", "next")
 ARCH = ("max_len", "dim", "n_layers", "n_heads", "dropout", "init_std")  # backbone fields
@@ -329,10 +329,7 @@ def pretrain(backbone_config: SASRecConfig, train: pd.DataFrame, n_items: int,
             loss = loss_of(trim_padding(*batch))
             if loss is None:
                 continue
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, n = total + loss.item(), n + 1
+            total, n = total + gradient_step(opt, loss), n + 1
         return total / max(n, 1)
 
     net.history_ = fit_epochs(epoch, cfg.n_epochs, progress=cfg.progress,
