@@ -77,3 +77,43 @@ def check_positive_int(value, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_config(config, *, positive_ints: Iterable[str] = (), positive: Iterable[str] = (),
+                 nonnegative: Iterable[str] = (), fractions: Iterable[str] = (),
+                 optional: Iterable[str] = ()) -> None:
+    """Validate the fields of a model's config dataclass, in place (from ``__post_init__``).
+
+    Integer fields are normalised to ``int``. The fields every trained model has are always
+    checked when present: ``seed`` (``>= 0``) and ``patience`` (``>= 1``, or ``None``: never
+    stop early).
+
+    Args:
+        config: the dataclass instance.
+        positive_ints: fields that must be integers ``>= 1`` (sizes, epochs, batch sizes).
+        positive: fields that must be ``> 0`` (step sizes, temperatures, init scales).
+        nonnegative: fields that must be ``>= 0`` (penalties, weight decay).
+        fractions: fields that must lie in ``[0, 1)`` (dropout probabilities).
+        optional: fields that may also be ``None`` (meaning "the default"); they are skipped
+            then.
+    """
+    optional = set(optional)
+
+    def present(names):
+        return [n for n in names if not (n in optional and getattr(config, n) is None)]
+
+    for name in present(positive_ints):
+        setattr(config, name, check_positive_int(getattr(config, name), name))
+    if getattr(config, "seed", None) is not None:
+        config.seed = check_positive_int(config.seed, "seed", minimum=0)
+    if getattr(config, "patience", None) is not None:
+        config.patience = check_positive_int(config.patience, "patience")
+    for name in present(positive):
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in present(nonnegative):
+        if not getattr(config, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(config, name)}")
+    for name in present(fractions):
+        if not 0 <= getattr(config, name) < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")

@@ -120,3 +120,36 @@ def test_eval_fns_match_evaluation(tiny_ratings):
         ranking_eval_fn(pop, valid, train, "ndcg10")
     with pytest.raises(ValueError, match="missing"):
         rmse_eval_fn(model, pd.DataFrame({"user_idx": np.zeros(2, int)}))
+
+
+def test_check_config_validates_and_normalises_fields():
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    from recsys_ref.checks import check_config
+
+    @dataclass
+    class Config:
+        n_epochs: object = 3
+        lr: object = 0.1
+        reg: object = 0.0
+        dropout: object = 0.5
+        seed: object = 0
+        patience: object = None
+
+    def checked(**fields):
+        cfg = Config(**fields)
+        check_config(cfg, positive_ints=("n_epochs",), positive=("lr",), nonnegative=("reg",),
+                     fractions=("dropout",), optional=("lr",))
+        return cfg
+
+    cfg = checked(n_epochs=np.int64(4), lr=None)  # lr is optional: None is left alone
+    assert type(cfg.n_epochs) is int and cfg.n_epochs == 4 and cfg.lr is None
+    for bad, match in ((dict(n_epochs=0), "n_epochs"), (dict(lr=0), "lr"),
+                       (dict(reg=-1e-9), "reg"), (dict(dropout=1.0), "dropout"),
+                       (dict(seed=-1), "seed"), (dict(patience=0), "patience")):
+        with pytest.raises(ValueError, match=match):
+            checked(**bad)
+    with pytest.raises(TypeError, match="n_epochs"):
+        checked(n_epochs=None)  # not optional

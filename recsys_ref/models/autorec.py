@@ -5,15 +5,15 @@ See the chapter "Deep recommenders".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from torch import nn
 
-from recsys_ref.checks import check_frame, check_positive_int, check_rating_range
+from recsys_ref.checks import check_config, check_frame, check_rating_range
 from recsys_ref.matrix import column, interaction_mask, rating_matrix
-from recsys_ref.models.base import Recommender
+from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
 from recsys_ref.training import (
     fit_from_config,
@@ -113,23 +113,14 @@ class AutoRecConfig:
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
-        for name in ("n_hidden", "n_epochs", "batch_size", "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_config(self, positive_ints=("n_hidden", "n_epochs", "batch_size", "eval_every"),
+                     positive=("lr",), nonnegative=("reg",), fractions=("dropout",))
         self.rating_range = check_rating_range(self.rating_range)
 
 
-class AutoRec(Recommender):
+class AutoRec(ConfiguredRecommender):
     r"""Item-based AutoRec for explicit ratings (Sedhain et al. 2015).
 
     Item :math:`i` is the vector :math:`r_i \in \mathbb{R}^{n_{users}}` of its training ratings
@@ -158,10 +149,7 @@ class AutoRec(Recommender):
     See the chapter "Deep recommenders".
     """
 
-    def __init__(self, n_users: int, n_items: int, config: AutoRecConfig | None = None,
-                 **overrides):
-        super().__init__(n_users, n_items)
-        self.config = replace(config or AutoRecConfig(), **overrides)  # validates
+    config_class = AutoRecConfig
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> AutoRec:
         """Fit on ``train``; early-stop on the RMSE of ``valid`` if given."""

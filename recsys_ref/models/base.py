@@ -7,6 +7,8 @@ once; metrics live in :mod:`recsys_ref.metrics`. See the chapter "Collaborative 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import torch
@@ -85,3 +87,18 @@ class Recommender:
                              f"{tuple(user_idx.shape)} and {tuple(item_idx.shape)}")
         check_index(item_idx, "item_idx", self.n_items)
         return user_idx, item_idx.long()
+
+
+class ConfiguredRecommender(Recommender):
+    """A recommender whose hyperparameters live in a config dataclass, ``config_class``.
+
+    ``Model(n_users, n_items, config=None, **overrides)`` keeps ``config`` (default: the
+    class's defaults) with the keyword arguments replaced; the dataclass's ``__post_init__``
+    validates the result. See the chapter "Matrix factorization".
+    """
+
+    config_class: type
+
+    def __init__(self, n_users: int, n_items: int, config=None, **overrides):
+        super().__init__(n_users, n_items)
+        self.config = replace(config or self.config_class(), **overrides)  # validates

@@ -5,15 +5,15 @@ See the chapter "Matrix factorization".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recsys_ref.checks import check_frame, check_positive_int
+from recsys_ref.checks import check_config, check_frame, check_positive_int
 from recsys_ref.matrix import interaction_mask
-from recsys_ref.models.base import Recommender
+from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
     fit_from_config,
@@ -119,19 +119,12 @@ class BPRConfig:
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
-        for name in ("n_factors", "n_epochs", "n_negatives", "batch_size", "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
-        for name in ("lr", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg}")
+        check_config(self, positive_ints=("n_factors", "n_epochs", "n_negatives", "batch_size",
+                                          "eval_every"),
+                     positive=("lr", "init_std"), nonnegative=("reg",))
 
 
-class BPR(Recommender):
+class BPR(ConfiguredRecommender):
     r"""Matrix factorization trained with the BPR pairwise loss (Rendle et al. 2009).
 
     Scores :math:`\hat x_{ui} = p_u^\top q_i + b_i`; minimises :func:`bpr_loss` with Adam over
@@ -148,9 +141,7 @@ class BPR(Recommender):
     See the chapter "Matrix factorization".
     """
 
-    def __init__(self, n_users: int, n_items: int, config: BPRConfig | None = None, **overrides):
-        super().__init__(n_users, n_items)
-        self.config = replace(config or BPRConfig(), **overrides)  # validates in __post_init__
+    config_class = BPRConfig
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BPR:
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""

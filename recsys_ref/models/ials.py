@@ -7,14 +7,14 @@ See the chapter "Matrix factorization".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 
-from recsys_ref.checks import check_frame, check_positive_int
+from recsys_ref.checks import check_config, check_frame, check_positive_int
 from recsys_ref.matrix import interaction_mask
-from recsys_ref.models.base import Recommender
+from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
     fit_from_config,
@@ -141,23 +141,15 @@ class IALSConfig:
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
-        for name in ("n_factors", "n_epochs", "cg_steps", "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        if not self.init_std > 0:
-            raise ValueError(f"init_std must be > 0, got {self.init_std}")
-        for name in ("reg", "alpha0", "nu"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_config(self, positive_ints=("n_factors", "n_epochs", "cg_steps", "eval_every"),
+                     positive=("init_std",), nonnegative=("reg", "alpha0", "nu"))
         if self.reg == 0 and self.alpha0 == 0:
             raise ValueError("reg and alpha0 cannot both be 0 (the ridge problems are singular)")
 
 
-class IALS(Recommender):
+class IALS(ConfiguredRecommender):
     r"""Implicit alternating least squares with frequency-scaled regularisation.
 
     Scores :math:`\hat y_{ui} = w_u^\top h_i`; every training pair is a 1 (ratings are
@@ -172,10 +164,7 @@ class IALS(Recommender):
     See the chapter "Matrix factorization".
     """
 
-    def __init__(self, n_users: int, n_items: int, config: IALSConfig | None = None,
-                 **overrides):
-        super().__init__(n_users, n_items)
-        self.config = replace(config or IALSConfig(), **overrides)  # validates in __post_init__
+    config_class = IALSConfig
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> IALS:
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_ref import metrics
-from recsys_ref.checks import check_frame, check_index, check_positive_int
+from recsys_ref.checks import check_config, check_frame, check_index
 from recsys_ref.matrix import column
 from recsys_ref.models.base import _tensor
 from recsys_ref.models.sasrec import SeqTransformer
@@ -51,15 +51,8 @@ class LikeConfig:
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
-        for name in ("hidden", "n_epochs", "batch_size", "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_config(self, positive_ints=("hidden", "n_epochs", "batch_size", "eval_every"),
+                     positive=("lr",), nonnegative=("weight_decay",))
 
 
 class LikeNet(nn.Module):

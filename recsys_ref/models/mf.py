@@ -8,16 +8,16 @@ See the chapter "Matrix factorization".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_frame, check_positive_int, check_rating_range
+from recsys_ref.checks import check_config, check_frame, check_rating_range
 from recsys_ref.matrix import column
-from recsys_ref.models.base import Recommender
+from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
 from recsys_ref.training import (
     fit_epochs,
@@ -186,19 +186,10 @@ class MFConfig:
     def __post_init__(self):
         if self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
-        for name in ("n_factors", "batch_size", "eval_every") + (
-                ("n_epochs",) if self.n_epochs is not None else ()):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
-        for name in ("lr", "init_std"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("reg", "reg_bias", "nu"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        # n_epochs and lr may be None: the solver's defaults (see schedule)
+        check_config(self, positive_ints=("n_factors", "batch_size", "eval_every", "n_epochs"),
+                     positive=("lr", "init_std"), nonnegative=("reg", "reg_bias", "nu"),
+                     optional=("n_epochs", "lr"))
         self.rating_range = check_rating_range(self.rating_range)
 
     def schedule(self) -> tuple[int, float | None]:
@@ -208,7 +199,7 @@ class MFConfig:
                 lr if self.lr is None else self.lr)
 
 
-class BiasedMF(Recommender):
+class BiasedMF(ConfiguredRecommender):
     r"""Biased matrix factorization of explicit ratings (Koren, Bell and Volinsky 2009).
 
     .. math:: \hat r_{ui} = \mu + b_u + b_i + p_u^\top q_i
@@ -226,9 +217,7 @@ class BiasedMF(Recommender):
     See the chapter "Matrix factorization".
     """
 
-    def __init__(self, n_users: int, n_items: int, config: MFConfig | None = None, **overrides):
-        super().__init__(n_users, n_items)
-        self.config = replace(config or MFConfig(), **overrides)  # validates in __post_init__
+    config_class = MFConfig
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BiasedMF:
         """Fit on ``train``; early-stop on the RMSE of ``valid`` if given."""

@@ -5,16 +5,16 @@ See the chapter "Deep recommenders".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_frame, check_positive_int
+from recsys_ref.checks import check_config, check_frame, check_positive_int
 from recsys_ref.matrix import interaction_mask
-from recsys_ref.models.base import Recommender
+from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.training import (
     fit_from_config,
@@ -221,24 +221,17 @@ class NCFConfig:
             raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        for name in ("n_factors", "n_epochs", "n_negatives", "batch_size", "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
+        check_config(self, positive_ints=("n_factors", "n_epochs", "n_negatives", "batch_size",
+                                          "eval_every"),
+                     positive=("lr", "init_std"), nonnegative=("reg",))
         self.layers = tuple(check_positive_int(n, "layers") for n in self.layers)
         if len(self.layers) < 2 or self.layers[0] % 2:
             raise ValueError(f"layers must have >= 2 sizes, the first even, got {self.layers}")
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
-        for name in ("lr", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.reg >= 0:
-            raise ValueError(f"reg must be >= 0, got {self.reg}")
         if not 0 <= self.alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
 
-class NCF(Recommender):
+class NCF(ConfiguredRecommender):
     r"""GMF, MLP or NeuMF (He et al. 2017) for implicit feedback, trained with log loss.
 
     Every distinct training pair is a positive (label 1); each epoch draws ``n_negatives``
@@ -256,9 +249,7 @@ class NCF(Recommender):
     See the chapter "Deep recommenders".
     """
 
-    def __init__(self, n_users: int, n_items: int, config: NCFConfig | None = None, **overrides):
-        super().__init__(n_users, n_items)
-        self.config = replace(config or NCFConfig(), **overrides)  # validates
+    config_class = NCFConfig
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None,
             pretrained: tuple[NCF, NCF] | None = None) -> NCF:

@@ -6,15 +6,15 @@ See the chapter "Self-supervised pretraining".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_frame, check_positive_int
-from recsys_ref.models.base import Recommender
+from recsys_ref.checks import check_config, check_frame, check_positive_int
+from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.sequences import (
     PAD,
     bucket_order,
@@ -223,21 +223,12 @@ class SASRecConfig:
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
-        for name in ("max_len", "dim", "n_layers", "n_heads", "n_epochs", "batch_size",
-                     "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
+        check_config(self, positive_ints=("max_len", "dim", "n_layers", "n_heads", "n_epochs",
+                                          "batch_size", "eval_every"),
+                     positive=("lr", "init_std"), nonnegative=("weight_decay",),
+                     fractions=("dropout",))
         if self.dim % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide dim ({self.dim})")
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("lr", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def backbone(self, n_items: int, generator: torch.Generator | None = None,
                  causal: bool = True) -> SeqTransformer:
@@ -246,7 +237,7 @@ class SASRecConfig:
                               self.dropout, causal, self.init_std, generator)
 
 
-class SASRec(Recommender):
+class SASRec(ConfiguredRecommender):
     r"""SASRec with the full-softmax next-item objective (SASRec+CE of Klenitskiy and Vasilev).
 
     :meth:`fit` turns ``train`` into each user's last ``max_len + 1`` items in time order
@@ -265,10 +256,7 @@ class SASRec(Recommender):
     See the chapter "Self-supervised pretraining".
     """
 
-    def __init__(self, n_users: int, n_items: int, config: SASRecConfig | None = None,
-                 **overrides):
-        super().__init__(n_users, n_items)
-        self.config = replace(config or SASRecConfig(), **overrides)  # validates
+    config_class = SASRecConfig
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None,
             init: SeqTransformer | None = None) -> SASRec:

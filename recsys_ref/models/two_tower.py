@@ -6,17 +6,17 @@ See the chapter "Deep recommenders".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_frame, check_index, check_positive_int
+from recsys_ref.checks import check_config, check_frame, check_index, check_positive_int
 from recsys_ref.features import Features
 from recsys_ref.matrix import interaction_mask
-from recsys_ref.models.base import Recommender, _tensor
+from recsys_ref.models.base import ConfiguredRecommender, _tensor
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.training import (
     fit_from_config,
@@ -196,22 +196,14 @@ class TwoTowerConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        for name in ("dim", "dim_id", "dim_feature", "n_epochs", "batch_size", "eval_every"):
-            setattr(self, name, check_positive_int(getattr(self, name), name))
+        check_config(self, positive_ints=("dim", "dim_id", "dim_feature", "n_epochs",
+                                          "batch_size", "eval_every"),
+                     positive=("lr", "init_std", "temperature"), nonnegative=("weight_decay",),
+                     fractions=("id_dropout",))
         self.hidden = tuple(check_positive_int(n, "hidden") for n in self.hidden)
-        self.seed = check_positive_int(self.seed, "seed", minimum=0)
-        if self.patience is not None:
-            self.patience = check_positive_int(self.patience, "patience")
-        for name in ("lr", "init_std", "temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.id_dropout < 1:
-            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
 
 
-class TwoTower(Recommender):
+class TwoTower(ConfiguredRecommender):
     r"""Dot product of a user tower and an item tower, :math:`s(u, i) = f(u)^\top g(i)`.
 
     The user tower :math:`f` reads the user id and ``user_features`` (age, gender,
@@ -244,10 +236,12 @@ class TwoTower(Recommender):
     See the chapter "Deep recommenders".
     """
 
+    config_class = TwoTowerConfig
+
     def __init__(self, n_users: int, n_items: int, user_features: Features | None = None,
                  item_features: Features | None = None, use_ids: bool = True,
                  config: TwoTowerConfig | None = None, **overrides):
-        super().__init__(n_users, n_items)
+        super().__init__(n_users, n_items, config, **overrides)
         for name, f, n in (("user_features", user_features, n_users),
                            ("item_features", item_features, n_items)):
             if f is not None and (not isinstance(f, Features) or len(f) != n):
@@ -256,7 +250,6 @@ class TwoTower(Recommender):
             raise ValueError("use_ids=False needs both user_features and item_features")
         self.user_features, self.item_features, self.use_ids = \
             user_features, item_features, use_ids
-        self.config = replace(config or TwoTowerConfig(), **overrides)  # validates
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> TwoTower:
         """Fit on the distinct pairs of ``train``; early-stop on ``valid`` if given."""
