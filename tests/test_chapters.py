@@ -226,6 +226,40 @@ def pretraining(g):
     assert g["smallest_ndcg"] <= g["best_size_ndcg"]
 
 
+@claims("few_shot")
+def few_shot(g):
+    # the protocol: the same 183 meta-test users and query ratings for every K
+    assert (g["n_train_users"], g["n_test_users"]) == (660, 183)
+    assert g["query_median"] > 20 and g["n_query"] > 10_000
+    # from scratch: the fold-in posterior and MAML's local step match the library
+    assert g["fold_gap"] < 1e-8 and g["maml_gap"] < 1e-6
+    # the predictive sd shrinks with K, towards (never below) the noise sd
+    assert g["sd_k1"] > g["sd_k20"] > g["sd_noise"]
+    # the empirical-Bayes prior beats the ridge prior where data are scarcest
+    assert g["d_foldinEB_foldinridge_1"] < 0
+    assert g["rmse_eb_1"] < g["rmse_ridge_1"]
+    assert g["rmse_ridge_20"] < g["rmse_ridge_1"]  # fold-in learns from more ratings
+    for key in ("maml_ridge_verdict", "maml_mean_verdict", "eb_verdict"):
+        assert g[key] in ("beats", "does not beat")
+    assert g["claim_verdict"] in ("holds", "holds only against the fold-in", "does not hold")
+    # ranking: within the query items all similar; popularity wins the full catalogue
+    assert 0.8 < g["query_ndcg_low"] <= g["query_ndcg_high"] < 1
+    assert g["pop_full_20"] > g["best_other_full_20"]
+    # RecBole-MetaRec: chance is 0.5 and every rating model is above MeLU's published 0.5331
+    assert abs(g["meta_chance_ndcg"] - 0.5) < 0.03 and abs(g["meta_chance_p5"] - 0.5) < 0.03
+    assert g["melu_published"] == 0.5331 and g["meta_min_ours"] > g["melu_published"]
+    assert g["meta_test_users"] == 58
+    # cold items: genres and year beat no content zero-shot (RMSE), ratings help every prior
+    assert g["n_cold_items"] == 93
+    assert g["cold_rmse_genres_year"] < g["cold_rmse_none"]
+    assert g["cold_rmse_genres_10"] < g["cold_rmse_genres_year"]
+    assert g["cold_none_ndcg_1"] > g["cold_ndcg_none"]
+    assert g["title_verdict"] in ("add to", "do not add to")
+    # pitfalls: leaking support ratings or splitting rows at random flatters the RMSE
+    assert g["leak_support"] < g["leak_leaky"] < g["leak_honest"]
+    assert g["random_split_rmse"] < g["leak_honest"]
+
+
 @claims("matrix_factorization")
 def matrix_factorization(g):
     # explicit, u1 (+ u2..u5 at full settings): MF beats the biases and KNNBaseline defaults
