@@ -242,6 +242,11 @@ def few_shot(g):
     for key in ("maml_ridge_verdict", "maml_mean_verdict", "eb_verdict"):
         assert g[key] in ("beats", "does not beat")
     assert g["claim_verdict"] in ("holds", "holds only against the fold-in", "does not hold")
+    # the pretrained encoder's embeddings as item factors: a working fold-in (barely
+    # pretrained at smoke size, so only sanity here; the full-run claim is in the chapter)
+    assert 0.8 < g["rmse_backbone_1"] < 1.3 and 0.8 < g["rmse_backbone_20"] < 1.3
+    assert g["bb_target_verdict"] in ("holds", "holds only against the ridge fold-in",
+                                      "does not hold")
     # ranking: within the query items all similar; popularity wins the full catalogue
     assert 0.8 < g["query_ndcg_low"] <= g["query_ndcg_high"] < 1
     assert g["pop_full_20"] > g["best_other_full_20"]

@@ -12,6 +12,7 @@ import torch
 from recsys_ref.features import Features
 from recsys_ref.few_shot import (
     MAML,
+    BackboneFoldIn,
     ColdItemMF,
     ContentMap,
     FineTuneMF,
@@ -260,6 +261,37 @@ def test_fold_in_recovers_known_factors():
     n_i = ratings.groupby("item_idx").size().reindex(range(40), fill_value=0).to_numpy()
     ok = n_i >= 8  # items with enough ratings to identify 4 weights
     np.testing.assert_allclose(post_i.mean[ok, :3].numpy(), Q[ok], atol=0.05)
+
+
+def test_backbone_fold_in_with_planted_item_embeddings():
+    """With the true item factors as the encoder's item table, the fold-in recovers the
+    ratings of new users; with no support a user gets the prior (the typical user)."""
+    from recsys_ref.models.sasrec import SeqTransformer
+
+    ratings, (P, Q, b_u, b_i) = synthetic_ratings(noise=0.05)
+    split = cold_user_split(ratings, 10, test_frac=0.2, seed=0)
+    net = SeqTransformer(40, max_len=8, dim=3, n_heads=1)
+    with torch.no_grad():
+        net.tokens.weight[1:41] = torch.tensor(Q, dtype=torch.float32)
+    model = BackboneFoldIn(60, 40, backbone=net, reg=0.1, reg_bias=0.1).fit(split.train)
+    users = split.test_users
+    q = split.query
+    row = np.searchsorted(users, q["user_idx"].to_numpy())
+    cols = q["item_idx"].to_numpy().copy()
+    pred = model.score_new_users(split.support, users)[row, cols]
+    rmse = float(((pred.numpy() - q["rating"].to_numpy()) ** 2).mean() ** 0.5)
+    item_mean = ItemMean(60, 40).fit(split.train).score_new_users(split.support, users)
+    rmse_mean = float(((item_mean[row, cols].numpy()
+                        - q["rating"].to_numpy()) ** 2).mean() ** 0.5)
+    assert rmse < 0.3 < rmse_mean  # the factors carry the signal; the item mean cannot
+    # the posterior is gaussian_posterior's with the fitted prior; K = 0 keeps the prior
+    post = model.fold_in(split.support.iloc[:0], users[:2])
+    np.testing.assert_allclose(post.mean.numpy(), model.prior_mean_.expand(2, -1).numpy())
+    assert model.noise_var_ < 0.05
+    with pytest.raises(ValueError, match="items"):
+        BackboneFoldIn(60, 41, backbone=net)
+    with pytest.raises(TypeError):
+        BackboneFoldIn(60, 40, backbone=net, reg="a")
 
 
 def test_fold_in_variance_shrinks_with_support(mf_synthetic):

@@ -3,11 +3,14 @@
 Protocols and metrics (:mod:`~recsys_ref.few_shot.protocol`), the few-shot interface and
 baselines (:mod:`~recsys_ref.few_shot.base`), fold-in of a trained BiasedMF
 (:mod:`~recsys_ref.few_shot.fold_in`), fine-tuning (:mod:`~recsys_ref.few_shot.fine_tune`),
-MAML and MeLU (:mod:`~recsys_ref.few_shot.maml`, :mod:`~recsys_ref.few_shot.melu`), and
-cold items scored from content (:mod:`~recsys_ref.few_shot.content`).
+fold-in over a pretrained sequence encoder's item embeddings
+(:mod:`~recsys_ref.few_shot.backbone`), MAML and MeLU (:mod:`~recsys_ref.few_shot.maml`,
+:mod:`~recsys_ref.few_shot.melu`), and cold items scored from content
+(:mod:`~recsys_ref.few_shot.content`).
 See the chapter "Few-shot recommendation".
 """
 
+from recsys_ref.few_shot.backbone import BackboneFoldIn, item_embeddings
 from recsys_ref.few_shot.base import (
     FewShotRecommender,
     ItemMean,
@@ -44,6 +47,7 @@ from recsys_ref.few_shot.protocol import (
 from recsys_ref.few_shot.rating_net import RatingNet
 
 __all__ = [
+    "BackboneFoldIn", "item_embeddings",
     "ColdItemMF", "ContentMap", "cold_item_split", "content_features", "evaluate_cold_items",
     "MAML", "FewShotRecommender", "FewShotSplit", "FineTuneConfig", "FineTuneMF", "FoldInMF",
     "GaussianPosterior", "ItemMean", "MAMLConfig", "MeLU", "Popularity", "RatingNet",
