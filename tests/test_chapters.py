@@ -265,6 +265,32 @@ def few_shot(g):
     assert g["random_split_rmse"] < g["leak_honest"]
 
 
+@claims("active_selection")
+def active_selection(g):
+    assert g["budget"] == 6 and g["k5"] == 5
+    assert g["n_new_users"] == 189  # 20% of 943 users held out
+    assert 0 < g["n_ndcg_users"] <= g["n_new_users"]
+    # every strategy starts from the same prior (same users, same evaluation items)
+    for key in ("first", "pop", "ent", "lpe", "dens", "unc", "du", "emc", "kc"):
+        assert g[f"el_ndcg0_{key}"] == g["el_ndcg0_random"]
+        assert g[f"el_rmse0_{key}"] == g["el_rmse0_random"]
+    # "answers help": every strategy's RMSE falls after the questions
+    assert g["all_rmse_improve"]
+    assert g["el_rmse5_random"] < g["el_rmse0_random"] - 0.02
+    # the reported gain lies inside its bootstrap interval
+    assert g["gain5_low"] <= g["gain5"] <= g["gain5_high"]
+    # pool: every strategy improves on the seed set
+    assert g["all_pool_improve"]
+    assert g["pool_final_random"] < g["pool_rmse0"] - 0.03
+    # the leak: a large "gain" on the leaked half, a small one on the untouched half
+    assert g["gain_leaked"] > 0.1
+    assert abs(g["gain_untouched"]) < g["gain_leaked"] / 4
+    # cost: measured per round (wall-clock times are reported, not asserted)
+    for key in ("pop", "unc", "kc"):
+        assert g[f"el_sec_{key}"] >= 0
+    assert g["pool_sec_kc"] >= 0 and g["pool_sec_unc"] >= 0
+
+
 @claims("matrix_factorization")
 def matrix_factorization(g):
     # explicit, u1 (+ u2..u5 at full settings): MF beats the biases and KNNBaseline defaults
