@@ -178,6 +178,12 @@ def test_metarec_metrics_relevance_is_top_k_true_ratings():
     assert out["NDCG@5"] == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="at least k"):
         metarec_metrics(query.iloc[:3], r[:3])
+    # a constant predictor is chance, even when tied labels follow the query order: its
+    # ties are broken independently of the labels' (no shared ordering)
+    tied = pd.DataFrame({"user_idx": np.repeat(np.arange(2000), 10), "rating": 4.0})
+    out = metarec_metrics(tied, np.zeros(20000))
+    assert out["Precision@5"] == pytest.approx(0.5, abs=0.01)  # a shuffle per user
+    assert metarec_metrics(tied, np.zeros(20000), seed=1) != out  # seeded
 
 
 def test_full_ranking_ndcg_masks_support():
@@ -190,6 +196,20 @@ def test_full_ranking_ndcg_masks_support():
     assert full_ranking_ndcg(scores, [5], support, query, k=2, threshold=None).item() == 1.0
     with pytest.raises(ValueError, match="scores"):
         full_ranking_ndcg(scores, [5, 6], support, query)
+
+
+def test_evaluate_new_users_exclude_fixes_the_candidates():
+    # popularity ignores the support set: with the same exclusion frame at every K its
+    # full-ranking NDCG is the same; excluding only the support set it is not
+    ratings, _ = synthetic_ratings(per_user=30)
+    splits = {k: cold_user_split(ratings, k, test_frac=0.3, seed=0, query_start=10)
+              for k in (1, 10)}
+    pop = Popularity(60, 40).fit(splits[1].train)
+    fixed = [evaluate_new_users(pop, sp.support, sp.query, exclude=splits[10].support)
+             for sp in splits.values()]
+    assert fixed[0]["FullNDCG@10"] == fixed[1]["FullNDCG@10"]
+    moving = [evaluate_new_users(pop, sp.support, sp.query) for sp in splits.values()]
+    assert moving[0]["FullNDCG@10"] != moving[1]["FullNDCG@10"]
 
 
 def test_full_ranking_ndcg_breaks_ties_at_random():

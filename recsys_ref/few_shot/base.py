@@ -136,7 +136,8 @@ def _predictions(model, support, query):
 
 
 def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: pd.DataFrame,
-                       k: int = 10, threshold: float | None = 4.0, seed: int = 0) -> dict:
+                       k: int = 10, threshold: float | None = 4.0, seed: int = 0,
+                       exclude: pd.DataFrame | None = None) -> dict:
     """RMSE, MAE and NDCG@k of a few-shot recommender on new users' query sets.
 
     ``NDCG@k`` ranks each user's query items by predicted rating (graded by the true rating,
@@ -152,6 +153,9 @@ def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: 
         k: the cut-off of both NDCGs.
         threshold: the rating from which a query item is relevant in ``FullNDCG@k``.
         seed: the permutation that breaks ties between scores.
+        exclude: ratings whose items are removed from the full ranking (``None``: the
+            support set). Pass the same frame for every K, e.g. every rating before the
+            query set, so that all K rank the same candidate items.
 
     Returns:
         ``{"RMSE", "MAE", "NDCG@k", "FullNDCG@k", "n_users"}``.
@@ -164,8 +168,9 @@ def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: 
     return {"RMSE": metrics.rmse(pred, target) if ok else math.nan,
             "MAE": metrics.mae(pred, target) if ok else math.nan,
             f"NDCG@{k}": float(query_ndcg(query, pred.numpy(), k, seed).mean()),
-            f"FullNDCG@{k}": float(full_ranking_ndcg(scores, users, support, query, k,
-                                                     threshold, seed).mean()),
+            f"FullNDCG@{k}": float(full_ranking_ndcg(
+                scores, users, support if exclude is None else exclude, query, k, threshold,
+                seed).mean()),
             "n_users": len(users)}
 
 

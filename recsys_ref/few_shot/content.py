@@ -203,11 +203,13 @@ def cold_item_split(ratings: pd.DataFrame, k: int = 0, test_frac: float = 0.1,
 
 
 def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
-                        threshold: float = 4.0) -> dict:
+                        threshold: float = 4.0, exclude: pd.DataFrame | None = None) -> dict:
     """RMSE on the cold items' query ratings, and NDCG@k ranking *the cold items only*.
 
     Each user with a query rating ``>= threshold`` ranks every cold item they have not rated
-    in the support set; relevant: their query items rated ``>= threshold``.
+    in ``exclude`` (``None``: the support set; pass every rating before the query set, the
+    same frame for every K, so that all K rank the same candidates); relevant: their query
+    items rated ``>= threshold``.
 
     Returns:
         ``{"RMSE", "NDCG@k", "n_users"}``. See the chapter "Few-shot recommendation".
@@ -222,7 +224,7 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     row = torch.as_tensor(np.searchsorted(users, split.query["user_idx"].to_numpy()))
     pred = scores[row, column(split.query, "item_idx")]
     rmse = metrics.rmse(pred, column(split.query, "rating", torch.float32))
-    sup = split.support if len(split.support) else split.query.iloc[:0]
+    sup = split.support if exclude is None else exclude
     sup = sup[sup["user_idx"].isin(users)]
     ndcg = full_ranking_ndcg(scores, users, sup, split.query, k, threshold)
     return {"RMSE": rmse, f"NDCG@{k}": float(ndcg.mean()), "n_users": len(ndcg)}

@@ -273,7 +273,8 @@ def full_ranking_ndcg(scores: torch.Tensor, users, support: pd.DataFrame, query:
     return metrics.ndcg(hits, relevant[keep].sum(1))
 
 
-def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5) -> dict[str, float]:
+def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5, seed: int = 0,
+                    ) -> dict[str, float]:
     """RecBole-MetaRec's Precision@k and nDCG@k within each user's query items.
 
     Its ``MetaCollector.eval_collect`` marks as relevant the ``k`` query items with the
@@ -281,12 +282,15 @@ def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5) -> dict[str, fl
     prediction and scores the top ``k`` with binary gains and ``k`` relevant items. With 10
     query items and ``k = 5`` half the items are relevant, so a random ranking scores 0.5 on
     both metrics in expectation (and Recall@5 equals Precision@5, HR@5 is always 1). Ties
-    (true ratings are integers) are broken by query order, i.e. at random; predictions too.
+    between true ratings (integers) are broken by query order, i.e. at random; ties between
+    predictions by an independent seeded permutation, so that a tied predictor (popularity
+    counts, ratings clipped at 5) is not ranked by the same order as the labels.
 
     Args:
         query: ``user_idx, rating`` of the query rows, in the drawn order.
         prediction: ``(n,)`` predicted ratings.
         k: the cut-off and the number of relevant items per user.
+        seed: the permutation that breaks ties between predictions.
 
     Returns:
         ``{"Precision@k": ..., "NDCG@k": ..., "n_users": ...}``, averaged over users.
@@ -299,8 +303,11 @@ def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5) -> dict[str, fl
     rel_idx = torch.sort(torch.where(mask, label, inf), dim=1, descending=True,
                          stable=True).indices[:, :k]
     relevant = torch.zeros(mask.shape, dtype=torch.bool).scatter(1, rel_idx, True)
-    top = torch.sort(torch.where(mask, pred, inf), dim=1, descending=True,
-                     stable=True).indices[:, :k]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.rand(mask.shape, generator=g).argsort(dim=1)  # (m, L) a shuffle per user
+    shuffled = torch.where(mask, pred, inf).gather(1, perm)
+    top = perm.gather(1, torch.sort(shuffled, dim=1, descending=True,
+                                    stable=True).indices[:, :k])  # (m, k) query positions
     hits = relevant.gather(1, top)  # (m, k)
     n_rel = torch.full((len(hits),), k)
     return {f"Precision@{k}": float(metrics.precision(hits).mean()),
