@@ -50,6 +50,29 @@ def test_score_strategies_pick_the_known_best():
     assert S.ExpectedModelChange().select(st, 1).tolist() == [[3]]
 
 
+def test_uncertainty_sampling_draws_in_proportion_to_epistemic_variance():
+    var = torch.tensor([[1.0, 1.0, 5.0, 1.0]])  # noise 1: only item 2 has epistemic variance
+    st = S.SelectionState(torch.ones(1, 4, dtype=torch.bool), variance=var, noise_var=1.0)
+    for seed in range(20):
+        pick = S.ProportionalUncertainty().select(st, 1, torch.Generator().manual_seed(seed))
+        assert pick.tolist() == [[2]]
+    # weights 1:3 -> item 1 about three times as often as item 0; power 0 is uniform
+    st = S.SelectionState(torch.ones(1, 2, dtype=torch.bool),
+                          variance=torch.tensor([[2.0, 4.0]]), noise_var=1.0)
+    gen = torch.Generator().manual_seed(0)
+    firsts = [S.ProportionalUncertainty().select(st, 1, gen).item() for _ in range(2000)]
+    assert np.mean(firsts) == pytest.approx(0.75, abs=0.04)
+    uniform = [S.ProportionalUncertainty(power=0).select(st, 1, gen).item() for _ in range(2000)]
+    assert np.mean(uniform) == pytest.approx(0.5, abs=0.04)
+    # only candidates, padded with -1, no repeats
+    cand = torch.tensor([[True, False, True, False]])
+    st = S.SelectionState(cand, variance=torch.ones(1, 4) * 2, noise_var=1.0)
+    out = S.ProportionalUncertainty().select(st, 3, gen)
+    assert sorted(out[0, :2].tolist()) == [0, 2] and out[0, 2].item() == -1
+    with pytest.raises(ValueError):
+        S.ProportionalUncertainty(power=-1)
+
+
 def test_only_candidates_are_chosen_and_rows_pad_with_minus_one():
     cand = torch.tensor([[True, False, True, False], [False, False, False, True]])
     st = S.SelectionState(cand, counts=torch.tensor([1.0, 100.0, 2.0, 3.0]))
@@ -211,7 +234,7 @@ def test_simulator_uncertainty_strategies_run(tiny):
     _, split, model = tiny
     sim = ElicitationSimulator(model, split)
     for st in (S.Uncertainty(), S.ExpectedModelChange(), S.KCenter(),
-               S.DensityWeightedUncertainty()):
+               S.DensityWeightedUncertainty(), S.ProportionalUncertainty()):
         curve = sim.run(st, budget=3)
         assert curve["n_answered"].max() == 3
 
@@ -263,7 +286,11 @@ def test_pool_labels_stay_hidden_until_chosen(pool_setup):
 
 def test_pool_loop_is_deterministic_for_each_strategy(pool_setup):
     ratings, cfg, fit = pool_setup
-    for st in (S.RandomSelection(), S.DensityWeightedUncertainty(), S.KCenter()):
+    split, oracle = pool_split(ratings, cfg)
+    with pytest.raises(ValueError, match="pool samples do not have"):
+        run_pool(S.ExpectedModelChange(), split, oracle, fit, cfg)
+    for st in (S.RandomSelection(), S.DensityWeightedUncertainty(), S.KCenter(),
+               S.ProportionalUncertainty()):
         runs = []
         for _ in range(2):
             split, oracle = pool_split(ratings, cfg)

@@ -235,6 +235,8 @@ def few_shot(g):
     assert g["fold_gap"] < 1e-8 and g["maml_gap"] < 1e-6
     # the predictive sd shrinks with K, towards (never below) the noise sd
     assert g["sd_k1"] > g["sd_k20"] > g["sd_noise"]
+    assert g["err_k20"] > g["sd_k20"]  # "the posterior is overconfident"
+    assert 0 <= g["itemmean_sd"] < 0.1 and 0 <= g["title_gain_sd"] < 0.2  # 0: one seed
     # the empirical-Bayes prior beats the ridge prior where data are scarcest
     assert g["d_foldinEB_foldinridge_1"] < 0
     assert g["rmse_eb_1"] < g["rmse_ridge_1"]
@@ -282,6 +284,9 @@ def active_selection(g):
     # pool: every strategy improves on the seed set
     assert g["all_pool_improve"]
     assert g["pool_final_random"] < g["pool_rmse0"] - 0.03
+    # "uncertainty buys ratings of rare users and rare movies"
+    assert g["bought_user_n_unc"] < g["bought_user_n_random"]
+    assert g["bought_item_n_unc"] < g["bought_item_n_random"]
     # the leak: a large "gain" on the leaked half, a small one on the untouched half
     assert g["gain_leaked"] > 0.1
     assert abs(g["gain_untouched"]) < g["gain_leaked"] / 4

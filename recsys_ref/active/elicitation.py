@@ -216,6 +216,7 @@ class ElicitationSimulator:
             if {"variance", "change"} & set(strategy.needs):
                 state.variance, state.change = posterior_scores(
                     post.cov, self.X, post.noise_var, mask=state.candidates)
+                state.noise_var = post.noise_var
             pick = strategy.select(state, size, gen)  # (m, size), -1: nothing left
             seconds = time.perf_counter() - t0
             r, j = torch.nonzero(pick >= 0, as_tuple=True)

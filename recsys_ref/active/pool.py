@@ -34,6 +34,7 @@ from recsys_ref.few_shot.fold_in import fold_in_items, fold_in_users, residual_v
 from recsys_ref.matrix import column
 
 COLUMNS = ["user_idx", "item_idx", "rating"]
+PAIR_FIELDS = {"features", "density", "variance"}  # what pair_state computes for a strategy
 
 
 @dataclass
@@ -155,7 +156,7 @@ def pair_state(model, labelled: pd.DataFrame, pairs: pd.DataFrame, n_candidates:
         dens = torch.zeros(n, dtype=torch.float64)
         dens[:n_candidates] = cosine_density(feats[:n_candidates])
         state.density = dens
-    if "variance" in needs or "change" in needs:
+    if "variance" in needs:
         noise = residual_variance(model, labelled)
         cov_u = fold_in_users(model, labelled, torch.arange(len(f.P)), noise_var=noise).cov
         cov_i = fold_in_items(model, labelled, torch.arange(len(f.Q)), noise_var=noise).cov
@@ -166,6 +167,7 @@ def pair_state(model, labelled: pd.DataFrame, pairs: pd.DataFrame, n_candidates:
         var = (torch.einsum("nk,nkl,nl->n", xi, cov_u[u], xi)
                + torch.einsum("nk,nkl,nl->n", xu, cov_i[i], xu) + noise)  # (n,)
         state.variance = var[None, :]
+        state.noise_var = noise
     return state
 
 
@@ -188,6 +190,10 @@ def run_pool(strategy: Strategy, split: PoolSplit, oracle: LabelOracle,
     """
     if not isinstance(strategy, Strategy):
         raise TypeError(f"strategy must be a Strategy, got {type(strategy).__name__}")
+    unsupported = set(strategy.needs) - PAIR_FIELDS
+    if unsupported:
+        raise ValueError(f"{strategy.name} needs {sorted(unsupported)}, which pool samples "
+                         f"do not have (they have {sorted(PAIR_FIELDS)})")
     if oracle.revealed.any():
         raise ValueError("oracle has already revealed labels: use a fresh one per run")
     if "rating" in split.pool.columns:

@@ -37,6 +37,8 @@ class SelectionState:
             (:func:`~recsys_ref.active.signals.posterior_scores`).
         change: ``(m, n)`` expected squared norm of the model update
             (:func:`~recsys_ref.active.signals.posterior_scores`).
+        noise_var: the noise :math:`\\sigma^2` included in ``variance`` (its epistemic part is
+            ``variance - noise_var``).
     """
 
     candidates: torch.Tensor
@@ -47,6 +49,7 @@ class SelectionState:
     density: torch.Tensor | None = None
     variance: torch.Tensor | None = None
     change: torch.Tensor | None = None
+    noise_var: float | None = None
 
     def __post_init__(self):
         c = self.candidates
@@ -125,7 +128,7 @@ class RandomSelection(Strategy):
 
 
 class FieldScore(Strategy):
-    """The score is one field of the state, ``needs[0]`` (or :meth:`field_scores`):
+    """The score is one field of the state, ``needs[0]`` (or ``field_scores``):
     ``(n,)`` per candidate, broadcast to every row, or ``(m, n)`` per row and candidate.
 
     See the chapter "Active selection".
@@ -183,6 +186,42 @@ class Uncertainty(FieldScore):
 
     name = "uncertainty"
     needs = ("variance",)
+
+
+class ProportionalUncertainty(Strategy):
+    r"""Uncertainty *sampling*: the batch is drawn without replacement with probability
+    :math:`p_{ui} \propto (\mathrm{Var}_{ui} - \sigma^2)^{\gamma}`, the epistemic part of
+    the predictive variance.
+
+    Top-k :class:`Uncertainty` spends a whole batch on the largest variances, the rarest
+    users and items; sampling keeps the preference for uncertain candidates and still covers
+    the bulk of the distribution a test set is drawn from.
+
+    Args:
+        power: the exponent :math:`\gamma \ge 0` (0: uniform among the candidates; large:
+            close to top-k :class:`Uncertainty`).
+
+    See the chapter "Active selection".
+    """
+
+    name = "sampled uncertainty"
+    needs = ("variance",)
+
+    def __init__(self, power: float = 1.0):
+        self.power = check_nonnegative(power, "power")
+
+    def select(self, state, budget, generator=None):
+        budget = self._check(state, budget)
+        gen = generator or torch.Generator().manual_seed(0)
+        noise = state.noise_var or 0.0
+        w = (state.variance.double() - noise).clamp(min=0) ** self.power  # (m, n)
+        w = (w + 1e-12).masked_fill(~state.candidates, 0.0)  # every candidate can be drawn
+        out = torch.full((len(w), budget), -1, dtype=torch.long)
+        for r in range(len(w)):  # rows are few: new users, or the one pool
+            kk = min(budget, int(state.candidates[r].sum()))
+            if kk:
+                out[r, :kk] = torch.multinomial(w[r], kk, replacement=False, generator=gen)
+        return out
 
 
 class Density(FieldScore):
@@ -275,5 +314,6 @@ class KCenter(Strategy):
 
 # every strategy of this module by name
 STRATEGIES = {cls.name: cls for cls in (RandomSelection, Popularity, Entropy, LogPopEntropy,
-                                        Uncertainty, Density, DensityWeightedUncertainty,
+                                        Uncertainty, ProportionalUncertainty, Density,
+                                        DensityWeightedUncertainty,
                                         ExpectedModelChange, KCenter)}
