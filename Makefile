@@ -43,9 +43,10 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -q -m "not chapters"
 
-# Executes every chapter at SMOKE size with papermill, asserts its claims, re-runs it with nbval.
+# Executes every chapter at SMOKE size with papermill, asserts its claims, re-runs it with nbval;
+# two chapters at a time (pytest-xdist, one single-threaded kernel per core).
 chapters: data
-	$(BIN)/python -m pytest -q -m chapters tests/test_chapters.py
+	$(BIN)/python -m pytest -q -m chapters -n 2 --dist loadgroup tests/test_chapters.py
 
 # Strict build of the site from the notebooks the chapter tests executed (no third run).
 smoke-book: install

@@ -333,12 +333,17 @@ def test_every_chapter_has_claims():
     assert set(chapters_in_toc()) == set(CLAIMS), "a chapter without asserted claims"
 
 
-@pytest.mark.parametrize("stem", chapters_in_toc())
+# one xdist group per chapter: with ``-n 2 --dist loadgroup`` (the Makefile) both tests of a
+# chapter run in the same worker, so it is executed once, and two chapters run at a time
+STEMS = [pytest.param(stem, marks=pytest.mark.xdist_group(stem)) for stem in chapters_in_toc()]
+
+
+@pytest.mark.parametrize("stem", STEMS)
 def test_chapter_claims(stem):
     CLAIMS[stem](glued(executed(stem)))
 
 
-@pytest.mark.parametrize("stem", chapters_in_toc())
+@pytest.mark.parametrize("stem", STEMS)
 def test_chapter_reproduces(stem):
     notebook = executed(stem)
     proc = subprocess.run(

@@ -243,6 +243,11 @@ def test_gaussian_posterior_equals_numpy():
     x = torch.tensor(X[:2])
     var = post.predictive_variance(torch.tensor([0, 3]), x)
     assert var[1].item() == pytest.approx(X[1] @ np.linalg.inv(P0) @ X[1] + 0.5)
+    # many rows, repeated and out of order: the per-row loop equals the dense einsum
+    rr = torch.tensor([2, 0, 2, 1, 0, 3])
+    xx = torch.tensor(X[:6])
+    dense = torch.einsum("nk,nkl,nl->n", xx.double(), post.cov[rr], xx.double()) + 0.5
+    torch.testing.assert_close(post.predictive_variance(rr, xx), dense)
 
 
 def test_fold_in_users_is_the_als_ridge_solve(mf_synthetic):

@@ -52,7 +52,11 @@ class GaussianPosterior:
         """``(n,)`` variance :math:`x^\\top \\Sigma_r x + \\sigma^2` of a new observation
         with features ``X`` ``(n, k)`` of row ``rows`` ``(n,)``."""
         X = X.to(self.cov.dtype)
-        return torch.einsum("nk,nkl,nl->n", X, self.cov[rows], X) + self.noise_var
+        out = torch.empty(len(X), dtype=self.cov.dtype)
+        for r in torch.unique(rows):  # one row's covariance at a time: never (n, k, k)
+            at = rows == r
+            out[at] = ((X[at] @ self.cov[r]) * X[at]).sum(1)
+        return out + self.noise_var
 
 
 def gaussian_posterior(rows: torch.Tensor, X: torch.Tensor, y: torch.Tensor, n_rows: int,
