@@ -23,6 +23,61 @@ def check_frame(df, name: str, columns: Iterable[str]) -> pd.DataFrame:
     bad = [c for c in columns if df[c].isna().any()]
     if bad:
         raise ValueError(f"{name} has NaN values in column(s) {bad}")
+    for c in columns:
+        kind = df[c].dtype.kind
+        if c in ID_COLUMNS and kind not in "iu":
+            # a float id such as 3.7 would be silently truncated by every tensor conversion
+            raise TypeError(f"{name}.{c} must hold integer indices, got dtype {df[c].dtype}")
+        if c == "timestamp" and kind not in "iufM":
+            # strings sort as text ("10" before "9"): time order needs numbers or datetimes
+            raise TypeError(f"{name}.timestamp must be numeric or datetime, got dtype "
+                            f"{df[c].dtype}")
+        if kind == "f" and not np.isfinite(df[c].to_numpy()).all():
+            raise ValueError(f"{name}.{c} has non-finite values (inf)")
+    return df
+
+
+ID_COLUMNS = ("user_idx", "item_idx")
+
+
+def check_interactions(df, name: str, n_users: int, n_items: int,
+                       columns: Iterable[str] = ("user_idx", "item_idx"),
+                       rating_range: tuple[float, float] | None = None,
+                       unique: bool = True) -> pd.DataFrame:
+    """Check a frame of interactions a model is fitted on; return it.
+
+    On top of :func:`check_frame` (columns present, no NaN or inf, integer ids, numeric
+    timestamps): ids lie in ``0..n_users-1`` / ``0..n_items-1``; ratings (if ``rating`` is
+    among ``columns`` and ``rating_range`` is given) lie in the data set's scale; and no
+    ``(user_idx, item_idx)`` pair appears twice. The book's one rule for duplicates is to
+    reject them: a model cannot know whether the last, the first or the mean rating is meant,
+    so aggregate them first (e.g. ``df.drop_duplicates(["user_idx", "item_idx"],
+    keep="last")``).
+
+    Args:
+        df: the frame.
+        name: its name in error messages.
+        n_users, n_items: the model's sizes.
+        columns: the columns the model reads (``user_idx`` and ``item_idx`` always).
+        rating_range: the ``(low, high)`` scale ratings must lie in (``None``: not checked).
+        unique: reject repeated pairs; sequence models pass ``False``, since a repeated item
+            in a history is a second event, not a second rating of the same thing.
+    """
+    columns = list(dict.fromkeys(["user_idx", "item_idx", *columns]))
+    check_frame(df, name, columns)
+    check_index(df["user_idx"].to_numpy(), f"{name}.user_idx", n_users)
+    check_index(df["item_idx"].to_numpy(), f"{name}.item_idx", n_items)
+    if rating_range is not None and "rating" in columns:
+        low, high = rating_range
+        r = df["rating"].to_numpy()
+        if r.min() < low or r.max() > high:
+            raise ValueError(f"{name}.rating must lie in the rating scale {low:g}..{high:g} "
+                             f"(rating_range), got values in {r.min():g}..{r.max():g}")
+    dup = int(df.duplicated(["user_idx", "item_idx"]).sum()) if unique else 0
+    if dup:
+        raise ValueError(f"{name} has {dup} duplicate (user_idx, item_idx) pair(s): aggregate "
+                         f"them first, e.g. {name}.drop_duplicates(['user_idx', 'item_idx'], "
+                         f"keep='last')")
     return df
 
 
@@ -36,6 +91,14 @@ def check_index(values, name: str, n: int) -> None:
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi >= n:
         raise ValueError(f"{name} must lie in 0..{n - 1}, got values in {lo}..{hi}")
+
+
+def index_tensor(values, name: str, n: int) -> torch.Tensor:
+    """Ids as a long tensor, after checking they are integers in ``0..n-1`` (a float id such as
+    ``3.7`` or a negative one would otherwise be truncated or wrap around to the last row)."""
+    arr = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values))
+    check_index(arr, name, n)
+    return arr.long()
 
 
 def check_k(k, n_items: int, name: str = "k") -> int:

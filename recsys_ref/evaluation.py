@@ -22,28 +22,25 @@ import pandas as pd
 import torch
 
 from recsys_ref import metrics
-from recsys_ref.checks import check_frame, check_index, check_k
-from recsys_ref.matrix import column, interaction_mask
+from recsys_ref.checks import check_frame, check_index, check_k, check_positive_int
+from recsys_ref.matrix import UserItems, column
 from recsys_ref.models.base import Recommender
 from recsys_ref.splits import u_fold
 
 
-def _relevant(test: pd.DataFrame, n_users: int, n_items: int) -> torch.Tensor:
-    check_frame(test, "test", ["user_idx", "item_idx"])
-    return interaction_mask(test, n_users, n_items)
+def _model_name(model) -> str:
+    return type(model).__name__
 
 
-def _exclusion(exclude, n_users: int, n_items: int) -> torch.Tensor:
-    """OR of the interaction masks of the frames in ``exclude``."""
-    if isinstance(exclude, pd.DataFrame):
-        exclude = [exclude]
-    mask = torch.zeros(n_users, n_items, dtype=torch.bool)
-    for i, df in enumerate(exclude):
-        if not isinstance(df, pd.DataFrame):
-            raise TypeError(f"exclude[{i}] must be a DataFrame, got {type(df).__name__}")
-        if len(df):
-            mask |= interaction_mask(df, n_users, n_items)
-    return mask
+def _scores(model, users: torch.Tensor) -> torch.Tensor:
+    """``model.score(users)`` checked: shape ``(len(users), n_items)``, finite floats."""
+    scores = model.score(users)
+    if not isinstance(scores, torch.Tensor) or scores.shape != (len(users), model.n_items):
+        got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ValueError(f"{_model_name(model)}.score must return ({len(users)}, "
+                         f"{model.n_items}) scores, got {got}")
+    metrics.check_scores(scores, f"{_model_name(model)}.score")
+    return scores.float()
 
 
 def evaluate_ranking(
@@ -59,14 +56,19 @@ def evaluate_ranking(
     Protocol: for each user with at least one item in ``test``, rank *all* items except those
     in ``exclude`` (the training interactions, plus the validation ones when testing), and
     compare the top K with the user's test items. Metrics are averaged over those users.
+    Ties follow the book's one rule (:func:`recsys_ref.metrics.rank_order`): a test item tied
+    with other candidates is ranked after them, so a constant or broken scorer cannot look
+    good; non-finite scores raise ``ValueError`` naming the model.
 
     Args:
         model: a fitted model with ``score``.
         test: frame with ``user_idx, item_idx`` of the held-out interactions.
         exclude: frame(s) of interactions the user already had; masked before ranking.
         ks: list lengths; each gives ``HR@k, Precision@k, Recall@k, NDCG@k, MAP@k`` and
-            ``Coverage@k`` (fraction of the catalogue recommended to anyone).
-        batch_size: users scored at once, ``(batch_size, n_items)`` floats in memory.
+            ``Coverage@k`` (fraction of the catalogue recommended to anyone, from the lists
+            a user would see: ties by item index).
+        batch_size: users scored at once; memory is ``O(batch_size x n_items)`` plus the
+            interactions themselves (no ``(n_users, n_items)`` array is built).
         per_user: also return a frame with one row per evaluated user.
 
     Returns:
@@ -77,23 +79,25 @@ def evaluate_ranking(
     ks = [check_k(k, n_items, "ks") for k in ks]
     if not ks:
         raise ValueError("ks must name at least one list length")
-    relevant = _relevant(test, n_users, n_items)  # (n_users, n_items)
-    seen = _exclusion(exclude, n_users, n_items)
-    if (relevant & seen).any():
-        raise ValueError("test shares (user, item) pairs with exclude: they would be masked")
-    users = torch.nonzero(relevant.any(1)).squeeze(1)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    check_frame(test, "test", ["user_idx", "item_idx"])
+    relevant = UserItems(test, n_users, n_items, "test")
+    seen = UserItems(exclude, n_users, n_items, "exclude")
+    users = torch.nonzero(relevant.counts() > 0).squeeze(1)
     kmax = max(ks)
-    top, first_rank = [], []
+    hits_all, lists, first_rank, n_rel = [], [], [], []
     for start in range(0, len(users), batch_size):
         u = users[start:start + batch_size]
-        scores = model.score(u).float().masked_fill(seen[u], float("-inf"))  # (b, n_items)
-        top.append(scores.topk(kmax, dim=1).indices)
-        # rank of the best-ranked relevant item = 1 + number of candidates scored higher
-        best_rel = scores.masked_fill(~relevant[u], float("-inf")).max(1).values
-        first_rank.append(1 + (scores > best_rel[:, None]).sum(1))
-    top = torch.cat(top)  # (n_eval, kmax)
-    hits_all = relevant[users].gather(1, top)  # (n_eval, kmax)
-    n_rel = relevant[users].sum(1)
+        rel, mask = relevant.rows(u), seen.rows(u)  # (b, n_items) each
+        if (rel & mask).any():
+            raise ValueError("test shares (user, item) pairs with exclude: they would be masked")
+        scores = _scores(model, u).masked_fill(mask, float("-inf"))  # (b, n_items)
+        ranked = rel.gather(1, metrics.rank_order(scores, rel))  # (b, n_items) hits in order
+        hits_all.append(ranked[:, :kmax])
+        first_rank.append(ranked.int().argmax(1) + 1)  # 1-based rank of the first hit
+        lists.append(metrics.rank_order(scores)[:, :kmax])
+        n_rel.append(rel.sum(1))
+    hits_all, top, n_rel = torch.cat(hits_all), torch.cat(lists), torch.cat(n_rel)
     rows = {"user_idx": users.numpy(), "MRR": (1.0 / torch.cat(first_rank).float()).numpy()}
     out = {}
     for k in ks:
@@ -117,6 +121,7 @@ def evaluate_sampled(
     n_negatives: int = 100,
     ks: Iterable[int] = (10,),
     seed: int = 0,
+    batch_size: int = 512,
 ):
     """Sampled-negatives evaluation (the NCF protocol), for comparison with papers only.
 
@@ -124,27 +129,36 @@ def evaluate_sampled(
     replacement, from the items ``u`` never interacted with (in ``exclude`` or ``test``).
     Krichene and Rendle (2020), "On sampled metrics for item recommendation": these metrics
     are biased estimates of their full-ranking versions and can change which model wins.
+    Ties follow the book's rule (:func:`recsys_ref.metrics.rank_order`): a negative tied with
+    the test item is ranked before it.
 
     Returns:
         ``{"HR@k": ..., "NDCG@k": ...}`` averaged over test pairs.
     """
     n_users, n_items = model.n_users, model.n_items
+    n_negatives = check_positive_int(n_negatives, "n_negatives")
+    batch_size = check_positive_int(batch_size, "batch_size")
     ks = [check_k(k, n_negatives + 1, "ks") for k in ks]
     check_frame(test, "test", ["user_idx", "item_idx"])
-    known = _exclusion(exclude, n_users, n_items) | _relevant(test, n_users, n_items)
-    if int((~known).sum(1).min()) < n_negatives:
-        raise ValueError(f"n_negatives={n_negatives} exceeds some user's unseen items")
-    gen = torch.Generator().manual_seed(seed)
+    known = UserItems([*([exclude] if isinstance(exclude, pd.DataFrame) else exclude), test],
+                      n_users, n_items, "exclude and test")
     u, i = column(test, "user_idx"), column(test, "item_idx")
-    # random keys; seen items get +inf so the n_negatives smallest keys are unseen items
-    keys = torch.rand(len(u), n_items, generator=gen).masked_fill(known[u], float("inf"))
-    negatives = keys.topk(n_negatives, dim=1, largest=False).indices  # (n_test, n_neg)
-    candidates = torch.cat([i[:, None], negatives], dim=1)  # test item in column 0
-    scores = torch.cat([model.score(u[s:s + 512]).gather(1, candidates[s:s + 512])
-                        for s in range(0, len(u), 512)])
-    # rank of the test item; ties are counted against it (pessimistic), so constant scores
-    # cannot look good
-    rank = 1 + (scores[:, 1:] >= scores[:, :1]).sum(1)  # (n_test,)
+    gen = torch.Generator().manual_seed(seed)
+    ranks = []
+    for s in range(0, len(u), batch_size):
+        ub, ib = u[s:s + batch_size], i[s:s + batch_size]
+        # random keys; seen items get +inf so the n_negatives smallest keys are unseen items
+        mask = known.rows(ub)  # (b, n_items)
+        if int((~mask).sum(1).min()) < n_negatives:
+            raise ValueError(f"n_negatives={n_negatives} exceeds the "
+                             f"{int((~mask).sum(1).min())} unseen items of some test user")
+        keys = torch.rand(len(ub), n_items, generator=gen).masked_fill(mask, float("inf"))
+        negatives = keys.topk(n_negatives, dim=1, largest=False).indices  # (b, n_neg)
+        candidates = torch.cat([ib[:, None], negatives], dim=1)  # test item in column 0
+        scores = _scores(model, ub).gather(1, candidates)  # (b, 1 + n_neg)
+        # the tie rule: negatives tied with the test item are ranked before it
+        ranks.append(1 + (scores[:, 1:] >= scores[:, :1]).sum(1))
+    rank = torch.cat(ranks)  # (n_test,)
     out = {}
     for k in ks:
         hits = torch.arange(1, k + 1)[None, :] == rank[:, None]  # (n_test, k)
@@ -160,6 +174,7 @@ def evaluate_ratings(model: Recommender, test: pd.DataFrame) -> dict[str, float]
     check_index(test["user_idx"].to_numpy(), "test.user_idx", model.n_users)
     check_index(test["item_idx"].to_numpy(), "test.item_idx", model.n_items)
     pred = model.predict(column(test, "user_idx"), column(test, "item_idx"))
+    metrics.check_scores(pred, f"{_model_name(model)}.predict")
     target = column(test, "rating", torch.float32)
     return {"RMSE": metrics.rmse(pred, target), "MAE": metrics.mae(pred, target)}
 
@@ -212,6 +227,10 @@ def bootstrap_ci(values, n_resamples: int = 1000, alpha: float = 0.05, seed: int
     x = torch.as_tensor(np.asarray(values, dtype=np.float64))
     if x.dim() != 1 or len(x) == 0:
         raise ValueError(f"values must be a non-empty 1-D array, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("values must be finite (no NaN or inf)")
+    n_resamples = check_positive_int(n_resamples, "n_resamples")
+    seed = check_positive_int(seed, "seed", minimum=0)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     gen = torch.Generator().manual_seed(seed)

@@ -1,7 +1,10 @@
-"""Dense user-item matrices built from a ratings frame.
+"""User-item matrices built from a ratings frame: dense ones, and per-user item sets that
+give a batch of users' rows on demand.
 
 MovieLens-100K's 943 x 1,682 matrix has 1.6M cells, so dense tensors are both the simplest
-and the fastest representation on a CPU; a larger catalogue would need sparse ones.
+and the fastest representation on a CPU for a model's own training; evaluation builds only a
+batch of users' rows at a time from :class:`UserItems`, so its memory does not grow with the
+number of users.
 """
 
 from __future__ import annotations
@@ -38,3 +41,52 @@ def rating_matrix(df: pd.DataFrame, n_users: int, n_items: int) -> torch.Tensor:
     r = torch.zeros(n_users, n_items)
     r[column(df, "user_idx"), column(df, "item_idx")] = column(df, "rating", torch.float32)
     return r
+
+
+class UserItems:
+    """Each user's items in compressed sparse row form; ``rows(users)`` gives a dense batch.
+
+    Memory is ``O(n_interactions)``; ``rows`` allocates ``(len(users), n_items)`` bools only.
+
+    Args:
+        frames: one frame or several (their pairs are united) with ``user_idx, item_idx``.
+        n_users, n_items: the sizes ids are checked against.
+        name: what to call ``frames`` in error messages.
+    """
+
+    def __init__(self, frames, n_users: int, n_items: int, name: str = "frames"):
+        single = isinstance(frames, pd.DataFrame)
+        frames = [frames] if single else list(frames)
+        users, items = [], []
+        for j, df in enumerate(frames):
+            label = name if single else f"{name}[{j}]"
+            if not isinstance(df, pd.DataFrame):
+                raise TypeError(f"{label} must be a DataFrame, got {type(df).__name__}")
+            if len(df) == 0:
+                continue
+            check_frame(df, label, ["user_idx", "item_idx"])
+            check_index(df["user_idx"].to_numpy(), f"{label}.user_idx", n_users)
+            check_index(df["item_idx"].to_numpy(), f"{label}.item_idx", n_items)
+            users.append(column(df, "user_idx"))
+            items.append(column(df, "item_idx"))
+        u = torch.cat(users) if users else torch.zeros(0, dtype=torch.long)
+        i = torch.cat(items) if items else torch.zeros(0, dtype=torch.long)
+        order = torch.argsort(u, stable=True)
+        self.n_users, self.n_items = n_users, n_items
+        self.items = i[order]  # (nnz,) items grouped by user
+        counts = torch.bincount(u, minlength=n_users)  # (n_users,)
+        self.indptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+    def counts(self) -> torch.Tensor:
+        """``(n_users,)`` number of (possibly repeated) pairs per user."""
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def rows(self, users: torch.Tensor) -> torch.Tensor:
+        """``(len(users), n_items)`` bool: True where the user has the item."""
+        start, n = self.indptr[users], self.counts()[users]  # (b,)
+        row = torch.repeat_interleave(torch.arange(len(users)), n)  # (nnz_b,)
+        # position of each entry inside its user's slice: 0, 1, ..., n_u - 1
+        offset = torch.arange(int(n.sum())) - torch.repeat_interleave(n.cumsum(0) - n, n)
+        out = torch.zeros(len(users), self.n_items, dtype=torch.bool)
+        out[row, self.items[torch.repeat_interleave(start, n) + offset]] = True
+        return out

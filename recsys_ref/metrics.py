@@ -55,6 +55,61 @@ def _check_topk_items(topk_items, n_items):
         raise ValueError(f"topk_items must be item ids in 0..{n_items - 1}, got {lo}..{hi}")
 
 
+# ----------------------------------------------------------------------------- the tie rule
+
+
+def check_scores(scores, name="scores"):
+    """Raise ``ValueError`` unless ``scores`` is a floating-point tensor of finite numbers.
+
+    A model that diverged (NaN) or overflowed (inf) must never be ranked: NaN compares false
+    with everything, so a NaN model would otherwise look perfect under some rank formulas.
+
+    Args:
+        scores: float tensor, any shape.
+        name: what to call it in the error (e.g. the model's name).
+    """
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+    if not scores.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating-point dtype, got {scores.dtype}")
+    bad = ~torch.isfinite(scores)
+    if bad.any():
+        n_nan = int(scores.isnan().sum())
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s) ({n_nan} NaN) out of "
+                         f"{scores.numel()}: the model diverged or was not trained")
+
+
+def rank_order(scores, relevance=None):
+    """Items in rank order under the book's one tie rule: best first, ties against relevance.
+
+    Items are sorted by decreasing score. Among items with *equal* scores the less relevant
+    come first: a relevant item tied with non-relevant ones is ranked after all of them (the
+    pessimistic rank), and with graded relevance lower gains come first. Remaining ties go to
+    the lower item index. So a constant scorer gets the worst ranking its scores allow, never
+    a lucky one, and the result never depends on ``torch.topk``'s internal order. Without
+    ``relevance`` (a list shown to a user, coverage) ties go to the lower item index.
+
+    Args:
+        scores: float (n_users, n_items); ``-inf`` marks items that are not candidates.
+        relevance: optional bool or float (n_users, n_items), the relevance (gain) of items.
+    Returns:
+        long (n_users, n_items): item indices, best first. See the chapter
+        'Introduction and data'.
+    """
+    _check(scores, "scores", "a floating-point", ("n_users", "n_items"))
+    if scores.isnan().any():
+        raise ValueError("scores must not contain NaN")
+    if relevance is None:
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices
+    if not isinstance(relevance, torch.Tensor) or relevance.shape != scores.shape:
+        raise ValueError(f"relevance must be a tensor of shape {tuple(scores.shape)}")
+    # a stable sort by increasing relevance, then a stable sort by decreasing score: within
+    # a group of equal scores the first sort's order (least relevant first) survives
+    first = torch.sort(relevance.to(torch.float64), dim=1, stable=True).indices
+    second = torch.sort(scores.gather(1, first), dim=1, descending=True, stable=True).indices
+    return first.gather(1, second)
+
+
 # ----------------------------------------------------------------------------- top-K list metrics
 
 

@@ -46,6 +46,12 @@ def _vector(x, name: str, dtype=torch.float64) -> torch.Tensor:
     x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if x.dim() != 1 or len(x) == 0:
         raise ValueError(f"{name} must be a non-empty 1-D array, got shape {tuple(x.shape)}")
+    if dtype == torch.long and (x.dtype.is_floating_point or x.dtype.is_complex
+                                or x.dtype == torch.bool):
+        # a float id such as 3.7 would be truncated to item 3
+        raise TypeError(f"{name} must hold integer indices, got dtype {x.dtype}")
+    if dtype != torch.long and not torch.isfinite(x.to(dtype)).all():
+        raise ValueError(f"{name} must be finite (no NaN or inf)")
     return x.to(dtype)
 
 
@@ -116,6 +122,9 @@ def ips(rewards, actions, propensities, action_dist, positions=None) -> float:
 def snips(rewards, actions, propensities, action_dist, positions=None) -> float:
     r"""Self-normalised IPS, :math:`\sum_t w_t r_t / \sum_t w_t` (arguments as :func:`ips`)."""
     w, r, _, _ = _terms(rewards, actions, propensities, action_dist, positions)
+    if not w.sum() > 0:
+        raise ValueError("snips: the evaluation policy gives zero probability to every logged "
+                         "action (the importance weights sum to 0), so its value is undefined")
     return float((w * r).sum() / w.sum())
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys_ref.checks import check_frame, check_positive_int
-from recsys_ref.data.cache import data_home, write_atomic
+from recsys_ref.data.cache import data_home, read_checked, remove_checked, write_checked
 from recsys_ref.models.sasrec import SASRec, SASRecConfig, SeqTransformer, next_item_loss
 from recsys_ref.sequences import (
     PAD,
@@ -370,7 +370,7 @@ def save_backbone(backbone: SeqTransformer, path) -> Path:
         raise TypeError(f"backbone must be a SeqTransformer, got {type(backbone).__name__}")
     buf = io.BytesIO()
     torch.save({"arch": backbone.arch, "state": backbone.state_dict()}, buf)
-    write_atomic(Path(path), buf.getvalue())
+    write_checked(Path(path), buf.getvalue())  # with a sha256 that load_backbone verifies
     return Path(path)
 
 
@@ -381,11 +381,13 @@ def load_backbone(path) -> SeqTransformer:
         path: the file.
 
     Returns:
-        The :class:`.SeqTransformer` in eval mode; an unreadable file raises ``ValueError``.
+        The :class:`.SeqTransformer` in eval mode; an unreadable or corrupted file (its
+        sha256 differs from the one written with it) raises ``ValueError``.
         See the chapter "Self-supervised pretraining".
     """
+    data = read_checked(Path(path))  # ValueError on a flipped byte
     try:
-        saved = torch.load(Path(path), weights_only=True)
+        saved = torch.load(io.BytesIO(data), weights_only=True)
         net = SeqTransformer(**saved["arch"])
         net.load_state_dict(saved["state"])
     except FileNotFoundError:
@@ -418,7 +420,8 @@ def cached_backbone(backbone_config: SASRecConfig, train: pd.DataFrame, n_items:
 
     The file is named by :func:`backbone_key`, so another config or other training data
     never reuses it. A missing or unreadable file is (re)trained and written atomically
-    (:func:`recsys_ref.data.cache.write_atomic`): an interrupted run leaves no partial file.
+    with its sha256 (:func:`recsys_ref.data.cache.write_checked`): an interrupted run leaves no
+    partial file, and a corrupted one is detected and retrained.
 
     Args:
         backbone_config, train, n_items, config, overrides: as for :func:`pretrain`.
@@ -436,7 +439,7 @@ def cached_backbone(backbone_config: SASRecConfig, train: pd.DataFrame, n_items:
         try:
             return load_backbone(path)
         except ValueError:
-            path.unlink(missing_ok=True)  # corrupted: train again
+            remove_checked(path)  # corrupted: train again
     net = pretrain(backbone_config, train, n_items, cfg)
     save_backbone(net, path)
     return net

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recsys_ref.checks import check_frame
+from recsys_ref.checks import check_frame, check_positive_int
 
 FOLD_SIZE = 20_000
 
@@ -49,8 +49,12 @@ def random_split(ratings: pd.DataFrame, test_size: float = 0.2, seed: int = 0):
     check_frame(ratings, "ratings", ["user_idx", "item_idx"])
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be in (0, 1), got {test_size}")
-    rng = np.random.default_rng(seed)
+    seed = check_positive_int(seed, "seed", minimum=0)
     n_test = round(test_size * len(ratings))
+    if not 0 < n_test < len(ratings):
+        raise ValueError(f"test_size={test_size} of {len(ratings)} rows gives {n_test} test rows: "
+                         f"both sides of the split must be non-empty")
+    rng = np.random.default_rng(seed)
     is_test = np.zeros(len(ratings), dtype=bool)
     is_test[rng.permutation(len(ratings))[:n_test]] = True
     return ratings[~is_test], ratings[is_test]

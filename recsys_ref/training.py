@@ -161,6 +161,10 @@ def fit_epochs(
 
     Returns:
         A :class:`FitResult`. See the chapter "Matrix factorization".
+
+    Raises:
+        FloatingPointError: an epoch's loss or a validation metric is NaN or infinite (the
+            message names the epoch and the value): a diverged model is never kept.
     """
     n_epochs = check_positive_int(n_epochs, "n_epochs")
     eval_every = check_positive_int(eval_every, "eval_every")
@@ -173,11 +177,24 @@ def fit_epochs(
     bar = tqdm(range(1, n_epochs + 1), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        loss = epoch_fn(epoch)
+        try:
+            loss = epoch_fn(epoch)
+        except FloatingPointError as e:  # from gradient_step: say which epoch
+            bar.close()
+            raise FloatingPointError(f"{desc or 'training'}, epoch {epoch}: {e}") from None
         row = {"epoch": epoch, "loss": math.nan if loss is None else float(loss),
                "valid": math.nan, "seconds": time.perf_counter() - t0}
+        if loss is not None and not math.isfinite(row["loss"]):
+            bar.close()
+            raise FloatingPointError(
+                f"{desc or 'training'}: the training loss of epoch {epoch} is {row['loss']} "
+                f"(diverged); lower the learning rate or raise the regularisation")
         if eval_fn is not None and (epoch % eval_every == 0 or epoch == n_epochs):
             value = float(eval_fn())
+            if not math.isfinite(value):
+                bar.close()
+                raise FloatingPointError(f"{desc or 'training'}: the validation metric of epoch "
+                                         f"{epoch} is {value}")
             row["valid"] = value
             improved = result.best_valid is None or (
                 value > result.best_valid if higher_is_better else value < result.best_valid)
@@ -214,7 +231,13 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float
 
     Returns:
         ``loss`` as a float, for the epoch's running total.
+
+    Raises:
+        FloatingPointError: ``loss`` is NaN or infinite (nothing is updated).
     """
+    if not torch.isfinite(loss).all():
+        raise FloatingPointError(f"the training loss is {loss.item()} (diverged); lower the "
+                                 f"learning rate or raise the regularisation")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

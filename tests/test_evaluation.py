@@ -30,6 +30,10 @@ class FixedScores(Recommender):
     def score(self, user_idx):
         return self.scores[self._users(user_idx)]
 
+    def predict(self, user_idx, item_idx):
+        u, i = self._pairs(user_idx, item_idx)
+        return self.scores[u, i]
+
 
 def _random_setup(seed=0, n_users=30, n_items=40):
     rng = np.random.default_rng(seed)

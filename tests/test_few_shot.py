@@ -178,12 +178,12 @@ def test_metarec_metrics_relevance_is_top_k_true_ratings():
     assert out["NDCG@5"] == pytest.approx(0.5, abs=0.01)
     with pytest.raises(ValueError, match="at least k"):
         metarec_metrics(query.iloc[:3], r[:3])
-    # a constant predictor is chance, even when tied labels follow the query order: its
-    # ties are broken independently of the labels' (no shared ordering)
+    # a constant predictor never gains from its ties (the book's rule: relevant items last)
     tied = pd.DataFrame({"user_idx": np.repeat(np.arange(2000), 10), "rating": 4.0})
     out = metarec_metrics(tied, np.zeros(20000))
-    assert out["Precision@5"] == pytest.approx(0.5, abs=0.01)  # a shuffle per user
-    assert metarec_metrics(tied, np.zeros(20000), seed=1) != out  # seeded
+    assert out["Precision@5"] == 0.0 and out["NDCG@5"] == 0.0
+    with pytest.raises(ValueError, match="non-finite"):
+        metarec_metrics(tied, np.full(20000, np.nan))
 
 
 def test_full_ranking_ndcg_masks_support():
@@ -212,13 +212,21 @@ def test_evaluate_new_users_exclude_fixes_the_candidates():
     assert moving[0]["FullNDCG@10"] != moving[1]["FullNDCG@10"]
 
 
-def test_full_ranking_ndcg_breaks_ties_at_random():
-    # constant scores: topk alone would always put item 0 (the relevant one) first
+def test_full_ranking_ndcg_ties_go_against_the_relevant_item():
+    # constant scores: topk alone could put item 0 (the relevant one) first; the book's rule
+    # ranks it after the 998 tied candidates, so it is out of the top 10
     scores = torch.zeros(1, 1000)
     support = pd.DataFrame({"user_idx": [0], "item_idx": [999], "rating": [3.0]})
     query = pd.DataFrame({"user_idx": [0], "item_idx": [0], "rating": [5.0]})
-    values = {full_ranking_ndcg(scores, [0], support, query, seed=s).item() for s in range(5)}
-    assert max(values) < 1.0 or len(values) > 1
+    assert full_ranking_ndcg(scores, [0], support, query).item() == 0.0
+    # a tie with one candidate costs one rank: (9, 9, 0, ...) -> relevant at rank 2
+    scores = torch.tensor([[9.0, 9.0] + [0.0] * 998])
+    expected = 1 / np.log2(3)
+    assert full_ranking_ndcg(scores, [0], support, query).item() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="k must be in"):
+        full_ranking_ndcg(scores, [0], support, query, k=1001)
+    with pytest.raises(ValueError, match="non-finite"):
+        full_ranking_ndcg(scores * float("nan"), [0], support, query)
 
 
 # ----------------------------------------------------------------------------- fold-in

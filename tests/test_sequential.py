@@ -317,8 +317,15 @@ def test_save_load_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(back(seqs), m(seqs))
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="not a backbone"):
+    with pytest.raises(ValueError, match="no checksum"):
         load_backbone(tmp_path / "bad.pt")
+    # one flipped byte inside the weights loads without complaint in torch: the checksum
+    # written with the file catches it
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_backbone(path)
 
 
 def test_cached_backbone_writes_once_and_reloads(tmp_path, monkeypatch):
@@ -330,14 +337,14 @@ def test_cached_backbone_writes_once_and_reloads(tmp_path, monkeypatch):
     monkeypatch.setattr(pt, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
     df, cfg = cyclic_frame(n_users=12), SASRecConfig(**TINY)
     first = cached_backbone(cfg, df, N_ITEMS, n_epochs=1)
-    files = list((tmp_path / "backbones").iterdir())
-    assert len(calls) == 1 and len(files) == 1 and files[0].suffix == ".pt"
+    files = sorted((tmp_path / "backbones").iterdir())  # the weights and their checksum
+    assert len(calls) == 1 and [f.suffix for f in files] == [".pt", ".sha256"]
     again = cached_backbone(cfg, df, N_ITEMS, n_epochs=1)  # loaded, not retrained
     assert len(calls) == 1
     assert all(torch.equal(a, b) for a, b in
                zip(first.state_dict().values(), again.state_dict().values(), strict=True))
     cached_backbone(cfg, df.iloc[:-1], N_ITEMS, n_epochs=1)  # other data: another file
-    assert len(calls) == 2 and len(list((tmp_path / "backbones").iterdir())) == 2
+    assert len(calls) == 2 and len(list((tmp_path / "backbones").iterdir())) == 4
     files[0].write_bytes(b"half")  # a corrupted file is retrained and replaced
     cached_backbone(cfg, df, N_ITEMS, n_epochs=1)
     assert len(calls) == 3 and load_backbone(files[0]).arch == first.arch

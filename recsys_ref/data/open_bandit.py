@@ -40,12 +40,16 @@ HINT = ("You can: check that pip can reach PyPI (`pip download --no-deps obp==0.
         "point the RECSYS_REF_DATA environment variable at a folder that already holds it.")
 
 
-def open_bandit_folder():
-    """Fetch (if needed) the Open Bandit Dataset sample; return its cache folder."""
+def open_bandit_folder(report=None):
+    """Fetch (if needed) the Open Bandit Dataset sample; return its cache folder.
+
+    ``report`` is called with a line before each fetch is tried (see
+    :func:`recsys_ref.data.cache.obtain`).
+    """
     members = {rel: f"obp/dataset/obd/{rel}" for rel in OBD_FILES}
     folder, _ = obtain("the Open Bandit Dataset sample", [
         ("obd", f"`pip download --no-deps {OBP}`", OBD_FILES, wheel_source(OBP, members))
-    ], HINT)
+    ], HINT, report)
     return folder
 
 

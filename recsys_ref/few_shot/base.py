@@ -22,9 +22,16 @@ import pandas as pd
 import torch
 
 from recsys_ref import metrics
-from recsys_ref.checks import check_frame, check_index, check_nonnegative
+from recsys_ref.checks import (
+    check_frame,
+    check_index,
+    check_interactions,
+    check_nonnegative,
+    index_tensor,
+)
 from recsys_ref.few_shot.protocol import full_ranking_ndcg, metarec_metrics, query_ndcg
 from recsys_ref.matrix import column
+from recsys_ref.models.base import RequiresFit
 
 
 def check_support(support, name: str = "support") -> pd.DataFrame:
@@ -39,7 +46,7 @@ def check_support(support, name: str = "support") -> pd.DataFrame:
     return check_frame(support, name, columns)
 
 
-class FewShotRecommender:
+class FewShotRecommender(RequiresFit):
     """Base class: ``fit(train)`` on meta-train users, ``score_new_users(support, users)``.
 
     Args:
@@ -69,10 +76,9 @@ class FewShotRecommender:
     def _new_users(self, support: pd.DataFrame, users) -> torch.Tensor:
         """Check ``support`` and ``users``; return ``users`` as a long tensor."""
         check_support(support)
-        users = torch.as_tensor(np.asarray(users)).long()
+        users = index_tensor(users, "users", self.n_users)
         if users.dim() != 1:
             raise ValueError(f"users must be 1-D, got shape {tuple(users.shape)}")
-        check_index(users, "users", self.n_users)
         check_index(support["item_idx"].to_numpy(), "support.item_idx", self.n_items)
         if not set(support["user_idx"].unique()) <= set(users.tolist()):
             raise ValueError("support has ratings of users that are not in users")
@@ -93,7 +99,7 @@ class ItemMean(FewShotRecommender):
         self.shrinkage = check_nonnegative(shrinkage, "shrinkage")
 
     def fit(self, train: pd.DataFrame, valid=None) -> ItemMean:
-        check_frame(train, "train", ["item_idx", "rating"])
+        check_interactions(train, "train", self.n_users, self.n_items, ["rating"])
         items, r = column(train, "item_idx"), column(train, "rating", torch.float64)
         mu = float(r.mean())
         total = torch.zeros(self.n_items, dtype=torch.float64).index_add_(0, items, r)
@@ -117,7 +123,7 @@ class Popularity(FewShotRecommender):
     predicts_ratings = False
 
     def fit(self, train: pd.DataFrame, valid=None) -> Popularity:
-        check_frame(train, "train", ["item_idx"])
+        check_interactions(train, "train", self.n_users, self.n_items)
         self.counts_ = torch.bincount(column(train, "item_idx"),
                                       minlength=self.n_items).float()  # (n_items,)
         return self
@@ -136,7 +142,7 @@ def _predictions(model, support, query):
 
 
 def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: pd.DataFrame,
-                       k: int = 10, threshold: float | None = 4.0, seed: int = 0,
+                       k: int = 10, threshold: float | None = 4.0,
                        exclude: pd.DataFrame | None = None) -> dict:
     """RMSE, MAE and NDCG@k of a few-shot recommender on new users' query sets.
 
@@ -152,7 +158,6 @@ def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: 
             :class:`~recsys_ref.few_shot.protocol.FewShotSplit`'s).
         k: the cut-off of both NDCGs.
         threshold: the rating from which a query item is relevant in ``FullNDCG@k``.
-        seed: the permutation that breaks ties between scores.
         exclude: ratings whose items are removed from the full ranking (``None``: the
             support set). Pass the same frame for every K, e.g. every rating before the
             query set, so that all K rank the same candidate items.
@@ -167,10 +172,10 @@ def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: 
     ok = model.predicts_ratings
     return {"RMSE": metrics.rmse(pred, target) if ok else math.nan,
             "MAE": metrics.mae(pred, target) if ok else math.nan,
-            f"NDCG@{k}": float(query_ndcg(query, pred.numpy(), k, seed).mean()),
+            f"NDCG@{k}": float(query_ndcg(query, pred.numpy(), k).mean()),
             f"FullNDCG@{k}": float(full_ranking_ndcg(
-                scores, users, support if exclude is None else exclude, query, k, threshold,
-                seed).mean()),
+                scores, users, support if exclude is None else exclude, query, k,
+                threshold).mean()),
             "n_users": len(users)}
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from recsys_ref import metrics
-from recsys_ref.checks import check_frame, check_nonnegative, check_positive_int
+from recsys_ref.checks import check_frame, check_nonnegative, check_positive_int, index_tensor
 from recsys_ref.features import item_features
 from recsys_ref.few_shot.fold_in import GaussianPosterior, fold_in_items, residual_variance
 from recsys_ref.few_shot.protocol import FewShotSplit, full_ranking_ndcg
@@ -134,7 +134,7 @@ class ColdItemMF:
 
     def item_prior(self, items) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean (m, d+1), cov (d+1, d+1))``: the content prediction and its residual cov."""
-        items = torch.as_tensor(np.asarray(items)).long()
+        items = index_tensor(items, "items", len(self.content))
         k = self.map.residual_cov_.shape[0]
         return self.map.predict(self.content[items]), self.map.residual_cov_ + 1e-6 * torch.eye(
             k, dtype=torch.float64)
@@ -153,7 +153,7 @@ class ColdItemMF:
             users: ``(n_u,)`` known users. items: ``(m,)`` cold items.
             support: ratings of the cold items seen so far (``None``: zero-shot).
         """
-        users = torch.as_tensor(np.asarray(users)).long()
+        users = index_tensor(users, "users", self.model.n_users)
         if support is None or len(support) == 0:
             theta = self.item_prior(items)[0]
         else:

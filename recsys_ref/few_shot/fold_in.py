@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_ref.checks import check_frame, check_index
+from recsys_ref.checks import check_frame, check_index, index_tensor
 from recsys_ref.few_shot.base import FewShotRecommender, check_support
 from recsys_ref.matrix import column
 from recsys_ref.models.mf import BiasedMF, MFConfig
@@ -106,8 +106,7 @@ def _fold_in(model: BiasedMF, ratings: pd.DataFrame, ids, side: str, prior_mean,
     f, cfg = model.factors_, model.config
     own, other = ("user_idx", "item_idx") if side == "users" else ("item_idx", "user_idx")
     other_f, other_b = (f.Q, f.b_i) if side == "users" else (f.P, f.b_u)
-    ids = torch.as_tensor(np.asarray(ids)).long()
-    check_index(ids, side, len(f.P) if side == "users" else len(f.Q))
+    ids = index_tensor(ids, side, len(f.P) if side == "users" else len(f.Q))
     pos = {int(u): j for j, u in enumerate(ids)}
     if not set(ratings[own].unique()) <= set(pos):
         raise ValueError(f"ratings has {side} that are not in the ids to fold in")

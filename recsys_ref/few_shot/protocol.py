@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 from recsys_ref import metrics
-from recsys_ref.checks import check_frame, check_positive_int
+from recsys_ref.checks import check_frame, check_k, check_positive_int, index_tensor
 from recsys_ref.matrix import column
 
 COLUMNS = ["user_idx", "item_idx", "rating", "timestamp"]
@@ -111,6 +111,10 @@ def cold_user_split(ratings: pd.DataFrame, k: int, test_frac: float = 0.2,
 
     support, query = support_query(test)
     v_support, v_query = support_query(valid) if len(valid) else (None, None)
+    if len(train) == 0 or len(query) == 0:
+        raise ValueError(f"cold_user_split(k={k}, query_start={query_start}, test_frac="
+                         f"{test_frac}) leaves {len(train)} meta-train users and {len(query)} "
+                         f"query ratings: lower k or query_start, or raise test_frac")
     return FewShotSplit(ratings[ratings["user_idx"].isin(train)], support, query,
                         v_support, v_query)
 
@@ -195,12 +199,15 @@ def _by_user(query: pd.DataFrame, prediction, k: int):
     prediction = np.asarray(prediction, dtype=np.float64)
     if prediction.shape != (len(query),):
         raise ValueError(f"prediction must have shape ({len(query)},), got {prediction.shape}")
+    if not np.isfinite(prediction).all():
+        raise ValueError("prediction has non-finite values: the model diverged or was not "
+                         "trained")
     _, mask, pred, label = pad_by_user(query["user_idx"].to_numpy(), prediction,
                                        query["rating"].to_numpy())
     return k, mask, pred, label
 
 
-def query_ndcg(query: pd.DataFrame, prediction, k: int = 10, seed: int = 0) -> torch.Tensor:
+def query_ndcg(query: pd.DataFrame, prediction, k: int = 10) -> torch.Tensor:
     r"""Per-user NDCG@k of the query items ranked by predicted rating, graded by true rating.
 
     .. math::
@@ -209,23 +216,21 @@ def query_ndcg(query: pd.DataFrame, prediction, k: int = 10, seed: int = 0) -> t
 
     with :math:`\pi` the order by prediction, :math:`\pi^*` the order by true rating and the
     rating itself as the gain (scikit-learn's ``ndcg_score`` convention). Ties between
-    predictions are broken at random (seeded), so a constant predictor scores as chance.
+    predictions follow the book's rule (:func:`recsys_ref.metrics.rank_order`): the lower true
+    rating first, so a constant predictor gets the worst order, never a lucky one.
 
     Args:
         query: ``user_idx, rating`` of the query rows.
-        prediction: ``(n,)`` predicted ratings (or scores) of the rows.
+        prediction: ``(n,)`` predicted ratings (or scores) of the rows, finite.
         k: cut-off.
-        seed: the tie-breaking permutation.
 
     Returns:
         ``(n_users,)`` float, users in sorted order. See the chapter "Few-shot recommendation".
     """
     k, mask, pred, gain = _by_user(query, prediction, k)
-    shuffle = torch.randperm(mask.shape[1], generator=torch.Generator().manual_seed(seed))
-    mask, pred, gain = mask[:, shuffle], pred[:, shuffle], gain[:, shuffle]  # (m, L)
-    pred = pred.masked_fill(~mask, float("-inf"))
+    pred = pred.masked_fill(~mask, float("-inf"))  # (m, L) padding ranks last
     kk = min(k, mask.shape[1])
-    top = torch.sort(pred, dim=1, descending=True, stable=True).indices[:, :kk]  # (m, kk)
+    top = metrics.rank_order(pred, gain)[:, :kk]  # (m, kk)
     disc = _discount(kk)
     dcg = (gain.gather(1, top) * disc).sum(1)
     idcg = (gain.sort(dim=1, descending=True).values[:, :kk] * disc).sum(1)
@@ -233,30 +238,30 @@ def query_ndcg(query: pd.DataFrame, prediction, k: int = 10, seed: int = 0) -> t
 
 
 def full_ranking_ndcg(scores: torch.Tensor, users, support: pd.DataFrame, query: pd.DataFrame,
-                      k: int = 10, threshold: float | None = 4.0, seed: int = 0,
-                      ) -> torch.Tensor:
+                      k: int = 10, threshold: float | None = 4.0) -> torch.Tensor:
     """Per-user NDCG@k over every item the user has not rated in the support set.
 
-    Ties between scores are broken at random (seeded): ``topk`` would otherwise favour low
-    item indices, which on MovieLens are older, more popular films.
+    Ties between scores follow the book's rule (:func:`recsys_ref.metrics.rank_order`): a
+    relevant item tied with others is ranked after them.
 
     Args:
-        scores: ``(m, n_items)`` scores of the users ``users`` (``(m,)``); ``-inf`` marks
-            items that are not candidates.
+        scores: ``(m, n_items)`` finite scores of the users ``users`` (``(m,)``).
         support: the users' support ratings (masked before ranking).
         query: the users' query ratings; the relevant items are those rated
             ``>= threshold`` (``None``: every query item).
-        k: cut-off.
-        seed: the tie-breaking permutation.
+        k: cut-off, ``1 <= k <= n_items``.
 
     Returns:
         ``(m_eval,)`` binary-gain NDCG of the users with at least one relevant item (in
         ``users`` order). See the chapter "Few-shot recommendation".
     """
     check_frame(query, "query", ["user_idx", "item_idx", "rating"])
-    users = torch.as_tensor(np.asarray(users)).long()
-    if scores.dim() != 2 or len(scores) != len(users):
-        raise ValueError(f"scores must be ({len(users)}, n_items), got {tuple(scores.shape)}")
+    users = index_tensor(users, "users", np.iinfo(np.int64).max)
+    if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or len(scores) != len(users):
+        raise ValueError(f"scores must be ({len(users)}, n_items), got "
+                         f"{tuple(getattr(scores, 'shape', ()))}")
+    k = check_k(k, scores.shape[1])
+    metrics.check_scores(scores, "scores")
     row = {int(u): j for j, u in enumerate(users)}
     relevant = torch.zeros(scores.shape, dtype=torch.bool)
     rel = query if threshold is None else query[query["rating"] >= threshold]
@@ -267,14 +272,12 @@ def full_ranking_ndcg(scores: torch.Tensor, users, support: pd.DataFrame, query:
     sup = support[support["user_idx"].isin(row)]
     scores[[row[u] for u in sup["user_idx"]], column(sup, "item_idx")] = float("-inf")
     keep = relevant.any(1)
-    perm = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(seed))
-    top = perm[scores[keep][:, perm].topk(k, dim=1).indices]  # (m_eval, k) item indices
+    top = metrics.rank_order(scores[keep], relevant[keep])[:, :k]  # (m_eval, k) item indices
     hits = relevant[keep].gather(1, top)
     return metrics.ndcg(hits, relevant[keep].sum(1))
 
 
-def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5, seed: int = 0,
-                    ) -> dict[str, float]:
+def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5) -> dict[str, float]:
     """RecBole-MetaRec's Precision@k and nDCG@k within each user's query items.
 
     Its ``MetaCollector.eval_collect`` marks as relevant the ``k`` query items with the
@@ -283,14 +286,14 @@ def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5, seed: int = 0,
     query items and ``k = 5`` half the items are relevant, so a random ranking scores 0.5 on
     both metrics in expectation (and Recall@5 equals Precision@5, HR@5 is always 1). Ties
     between true ratings (integers) are broken by query order, i.e. at random; ties between
-    predictions by an independent seeded permutation, so that a tied predictor (popularity
-    counts, ratings clipped at 5) is not ranked by the same order as the labels.
+    predictions follow the book's rule (:func:`recsys_ref.metrics.rank_order`: relevant items
+    last), so a tied predictor (popularity counts, ratings clipped at 5) never gains from a
+    tie.
 
     Args:
         query: ``user_idx, rating`` of the query rows, in the drawn order.
-        prediction: ``(n,)`` predicted ratings.
+        prediction: ``(n,)`` predicted ratings, finite.
         k: the cut-off and the number of relevant items per user.
-        seed: the permutation that breaks ties between predictions.
 
     Returns:
         ``{"Precision@k": ..., "NDCG@k": ..., "n_users": ...}``, averaged over users.
@@ -303,11 +306,7 @@ def metarec_metrics(query: pd.DataFrame, prediction, k: int = 5, seed: int = 0,
     rel_idx = torch.sort(torch.where(mask, label, inf), dim=1, descending=True,
                          stable=True).indices[:, :k]
     relevant = torch.zeros(mask.shape, dtype=torch.bool).scatter(1, rel_idx, True)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.rand(mask.shape, generator=g).argsort(dim=1)  # (m, L) a shuffle per user
-    shuffled = torch.where(mask, pred, inf).gather(1, perm)
-    top = perm.gather(1, torch.sort(shuffled, dim=1, descending=True,
-                                    stable=True).indices[:, :k])  # (m, k) query positions
+    top = metrics.rank_order(torch.where(mask, pred, inf), relevant)[:, :k]  # (m, k)
     hits = relevant.gather(1, top)  # (m, k)
     n_rel = torch.full((len(hits),), k)
     return {f"Precision@{k}": float(metrics.precision(hits).mean()),

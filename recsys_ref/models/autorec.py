@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recsys_ref.checks import check_config, check_frame, check_rating_range
+from recsys_ref.checks import check_config, check_rating_range
 from recsys_ref.matrix import column, interaction_mask, rating_matrix
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
@@ -154,7 +154,7 @@ class AutoRec(ConfiguredRecommender):
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> AutoRec:
         """Fit on ``train``; early-stop on the RMSE of ``valid`` if given."""
         cfg = self.config
-        check_frame(train, "train", RATING_COLUMNS)
+        self._check_train(train, RATING_COLUMNS, rating_range=self.config.rating_range)
         self._pairs(column(train, "user_idx"), column(train, "item_idx"))  # index checks
         R = rating_matrix(train, self.n_users, self.n_items).T.contiguous()  # (n_items, n_users)
         M = interaction_mask(train, self.n_users, self.n_items).T.contiguous()

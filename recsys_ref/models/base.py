@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_ref.checks import check_index, check_k
+from recsys_ref.checks import check_index, check_interactions, check_k
 
 
 def _tensor(x) -> torch.Tensor:
@@ -21,7 +21,23 @@ def _tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x))
 
 
-class Recommender:
+class NotFittedError(AttributeError, ValueError):
+    """Raised when a model is used (``score``, ``predict``) before ``fit``."""
+
+
+class RequiresFit:
+    """Mixin: reading a fitted attribute (a trailing underscore, as in scikit-learn) before
+    ``fit`` raises :class:`NotFittedError` saying so, not a bare ``AttributeError``."""
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails
+        if name.endswith("_") and not name.startswith("__"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted yet: call fit() first "
+                                 f"(missing {name})")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+class Recommender(RequiresFit):
     """Base class: subclasses implement ``fit`` and ``score``; rating models also ``predict``.
 
     Args:
@@ -37,6 +53,13 @@ class Recommender:
     def fit(self, train: pd.DataFrame) -> Recommender:
         """Fit on a ratings frame; returns ``self``."""
         raise NotImplementedError
+
+    def _check_train(self, train: pd.DataFrame, columns=("user_idx", "item_idx"), *,
+                     rating_range=None, unique: bool = True) -> pd.DataFrame:
+        """Check a training frame against this model's sizes (see
+        :func:`recsys_ref.checks.check_interactions`)."""
+        return check_interactions(train, "train", self.n_users, self.n_items, columns,
+                                  rating_range=rating_range, unique=unique)
 
     def score(self, user_idx: torch.Tensor) -> torch.Tensor:
         """Scores of every item per user, ``(batch,) -> (batch, n_items)``; higher is better."""

@@ -9,7 +9,6 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import (
-    check_frame,
     check_nonnegative,
     check_positive_int,
     check_rating_range,
@@ -76,7 +75,7 @@ class GlobalMean(Recommender):
 
     def fit(self, train: pd.DataFrame) -> GlobalMean:
         """Store the mean of ``train.rating``."""
-        check_frame(train, "train", RATING_COLUMNS)
+        self._check_train(train, RATING_COLUMNS)
         self.mu_ = float(train["rating"].to_numpy(dtype="float64").mean())
         return self
 
@@ -107,8 +106,7 @@ class Popularity(Recommender):
 
     def fit(self, train: pd.DataFrame) -> Popularity:
         """Count the distinct users of each item."""
-        check_frame(train, "train", ["user_idx", "item_idx"])
-        # distinct pairs, so a repeated interaction does not count twice
+        self._check_train(train)
         self.counts_ = interaction_mask(train, self.n_users, self.n_items).sum(0).float()
         return self
 
@@ -152,7 +150,7 @@ class BiasBaseline(Recommender):
 
     def fit(self, train: pd.DataFrame) -> BiasBaseline:
         """Fit ``mu``, ``b_u`` and ``b_i`` on the ratings of ``train``."""
-        check_frame(train, "train", RATING_COLUMNS)
+        self._check_train(train, RATING_COLUMNS, rating_range=self.rating_range)
         R = rating_matrix(train, self.n_users, self.n_items)  # (n_users, n_items)
         mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         mu, b_u, b_i = fit_biases(R, mask, self.reg_u, self.reg_i, self.n_iters)

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recsys_ref.checks import check_config, check_frame, check_positive_int
+from recsys_ref.checks import check_config, check_positive_int
 from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
@@ -146,7 +146,7 @@ class BPR(ConfiguredRecommender):
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> BPR:
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         users, items = seen.nonzero(as_tuple=True)  # (n,) distinct pairs
         gen = seed_everything(cfg.seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from recsys_ref.checks import check_frame, check_nonnegative
+from recsys_ref.checks import check_nonnegative
 from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import Recommender
 
@@ -61,7 +61,7 @@ class EASE(Recommender):
 
     def fit(self, train: pd.DataFrame) -> EASE:
         """Binarise ``train`` and solve for ``B``."""
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         self.X_ = interaction_mask(train, self.n_users, self.n_items).float()  # (users, items)
         self.B_ = ease_weights(self.X_, self.lam).float()  # (items, items)
         return self

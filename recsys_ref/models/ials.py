@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from recsys_ref.checks import check_config, check_frame, check_positive_int
+from recsys_ref.checks import check_config, check_positive_int
 from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
@@ -169,7 +169,7 @@ class IALS(ConfiguredRecommender):
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> IALS:
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         n_pairs = int(mask.sum())
         gen = seed_everything(cfg.seed)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_config, check_frame, check_rating_range
+from recsys_ref.checks import check_config, check_rating_range
 from recsys_ref.matrix import column
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
@@ -223,7 +223,7 @@ class BiasedMF(ConfiguredRecommender):
         """Fit on ``train``; early-stop on the RMSE of ``valid`` if given."""
         cfg = self.config
         n_epochs, lr = cfg.schedule()
-        check_frame(train, "train", RATING_COLUMNS)
+        self._check_train(train, RATING_COLUMNS, rating_range=self.config.rating_range)
         u, i = self._pairs(column(train, "user_idx"), column(train, "item_idx"))
         r = column(train, "rating", torch.float32)  # (n,)
         gen = seed_everything(cfg.seed)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_config, check_frame, check_positive_int
+from recsys_ref.checks import check_config, check_positive_int
 from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.bpr import sample_negatives
@@ -262,7 +262,7 @@ class NCF(ConfiguredRecommender):
                 NeuMF's (``n_factors`` and ``layers``); their weights initialise it.
         """
         cfg = self.config
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         users, items = seen.nonzero(as_tuple=True)  # (n,) distinct positive pairs
         gen = seed_everything(cfg.seed)

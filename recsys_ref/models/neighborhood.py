@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import (
-    check_frame,
     check_nonnegative,
     check_positive_int,
     check_rating_range,
@@ -209,7 +208,7 @@ class KNNRating(Recommender):
 
     def fit(self, train: pd.DataFrame) -> KNNRating:
         """Build the rating matrix, the baselines and the similarity matrix."""
-        check_frame(train, "train", RATING_COLUMNS)
+        self._check_train(train, RATING_COLUMNS, rating_range=self.rating_range)
         R = rating_matrix(train, self.n_users, self.n_items).double()  # (n_users, n_items)
         mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         mu, b_u, b_i = fit_biases(R, mask, self.reg_u, self.reg_i, self.n_iters)
@@ -326,7 +325,7 @@ class ItemKNN(Recommender):
 
     def fit(self, train: pd.DataFrame) -> ItemKNN:
         """Binarise ``train`` and build the pruned item-item similarity."""
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         self.X_ = interaction_mask(train, self.n_users, self.n_items).float()  # (users, items)
         sim = _binary_cosine(self.X_.double(), self.shrinkage)  # (items, items) symmetric
         # row i keeps N^k(i); score = X W with W[j, i] = s_ij for j in N^k(i)
@@ -367,7 +366,7 @@ class UserKNN(Recommender):
 
     def fit(self, train: pd.DataFrame) -> UserKNN:
         """Binarise ``train`` and build the pruned user-user similarity."""
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         self.X_ = interaction_mask(train, self.n_users, self.n_items).float()  # (users, items)
         sim = _binary_cosine(self.X_.T.double(), self.shrinkage)  # (users, users)
         self.S_ = _keep_top_k(sim, self.k).float()  # row u keeps N^k(u)

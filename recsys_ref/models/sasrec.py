@@ -270,9 +270,12 @@ class SASRec(ConfiguredRecommender):
                 :func:`recsys_ref.pretraining.finetune`.
         """
         cfg = self.config
-        check_frame(train, "train", ["user_idx", "item_idx", "timestamp"])
+        self._check_train(train, ["timestamp"], unique=False)
         seqs = user_sequences(train, self.n_users, cfg.max_len + 1, self.n_items)
         inputs, targets = next_item_examples(seqs)  # (n, max_len) each
+        if len(inputs) == 0:
+            raise ValueError("train has no user with 2 or more interactions: there is no next "
+                             "item to learn from")
         self.sequences_ = seqs[:, 1:]  # (n_users, max_len): the history score() reads
         gen = seed_everything(cfg.seed)
         self.net_ = cfg.backbone(self.n_items, gen)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_config, check_frame, check_index, check_positive_int
+from recsys_ref.checks import check_config, check_index, check_positive_int
 from recsys_ref.features import Features
 from recsys_ref.matrix import interaction_mask
 from recsys_ref.models.base import ConfiguredRecommender, _tensor
@@ -254,7 +254,7 @@ class TwoTower(ConfiguredRecommender):
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame | None = None) -> TwoTower:
         """Fit on the distinct pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
-        check_frame(train, "train", ["user_idx", "item_idx"])
+        self._check_train(train)
         seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         users, items = seen.nonzero(as_tuple=True)  # (n,) distinct positive pairs
         gen = seed_everything(cfg.seed)
