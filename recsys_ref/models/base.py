@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import check_index, check_interactions, check_k
+from recsys_ref.metrics import rank_order
 
 
 def _tensor(x) -> torch.Tensor:
@@ -94,7 +95,9 @@ class Recommender(RequiresFit):
                 raise ValueError(f"exclude must be a bool tensor of shape "
                                  f"({self.n_users}, {self.n_items}), got {tuple(exclude.shape)}")
             scores = scores.masked_fill(exclude[user_idx], float("-inf"))
-        return scores.topk(k, dim=1).indices
+        # ties go to the lower item index (:func:`recsys_ref.metrics.rank_order`), not to
+        # whatever order ``topk`` happens to return
+        return rank_order(scores.float())[:, :k]
 
     def _users(self, user_idx) -> torch.Tensor:
         user_idx = _tensor(user_idx)
