@@ -58,7 +58,7 @@ def _check_topk_items(topk_items, n_items):
 # ----------------------------------------------------------------------------- the tie rule
 
 
-def check_scores(scores, name="scores"):
+def check_scores(scores, name="scores", allow_minus_inf=False):
     """Raise ``ValueError`` unless ``scores`` is a floating-point tensor of finite numbers.
 
     A model that diverged (NaN) or overflowed (inf) must never be ranked: NaN compares false
@@ -67,12 +67,16 @@ def check_scores(scores, name="scores"):
     Args:
         scores: float tensor, any shape.
         name: what to call it in the error (e.g. the model's name).
+        allow_minus_inf: accept ``-inf``, the mark of items that are not candidates (the tie
+            rule ranks a relevant item scored ``-inf`` after every candidate).
     """
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if not scores.dtype.is_floating_point:
         raise TypeError(f"{name} must have a floating-point dtype, got {scores.dtype}")
     bad = ~torch.isfinite(scores)
+    if allow_minus_inf:
+        bad &= scores != float("-inf")
     if bad.any():
         n_nan = int(scores.isnan().sum())
         raise ValueError(f"{name} has {int(bad.sum())} non-finite value(s) ({n_nan} NaN) out of "

@@ -245,7 +245,8 @@ def full_ranking_ndcg(scores: torch.Tensor, users, support: pd.DataFrame, query:
     relevant item tied with others is ranked after them.
 
     Args:
-        scores: ``(m, n_items)`` finite scores of the users ``users`` (``(m,)``).
+        scores: ``(m, n_items)`` scores of the users ``users`` (``(m,)``); ``-inf`` marks
+            items that are not candidates, NaN and ``+inf`` are errors.
         support: the users' support ratings (masked before ranking).
         query: the users' query ratings; the relevant items are those rated
             ``>= threshold`` (``None``: every query item).
@@ -261,7 +262,7 @@ def full_ranking_ndcg(scores: torch.Tensor, users, support: pd.DataFrame, query:
         raise ValueError(f"scores must be ({len(users)}, n_items), got "
                          f"{tuple(getattr(scores, 'shape', ()))}")
     k = check_k(k, scores.shape[1])
-    metrics.check_scores(scores, "scores")
+    metrics.check_scores(scores, "scores", allow_minus_inf=True)
     row = {int(u): j for j, u in enumerate(users)}
     relevant = torch.zeros(scores.shape, dtype=torch.bool)
     rel = query if threshold is None else query[query["rating"] >= threshold]
