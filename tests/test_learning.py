@@ -153,17 +153,19 @@ def test_two_tower_learns_planted_groups(loss):
 
 
 def planted_ratings(seed=0, n_users=60, n_items=50, d=2, noise=0.2):
-    """Half of a grid rated ``3 + b_u + b_i + p_u . q_i + noise`` (no clipping); 20% held out.
+    """Half of a grid rated ``3 + b_u + b_i + p_u . q_i + noise``, clipped to the scale 1..5;
+    20% held out.
 
-    Returns ``train, test, truth`` (the noise-free ratings of ``test``). With ``d=0`` the
-    ratings are biases only."""
+    Returns ``train, test, truth`` (the noise-free ratings of ``test``, clipped: the oracle's
+    predictions). With ``d=0`` the ratings are biases only."""
     rng = np.random.default_rng(seed)
     b_u, b_i = rng.normal(0, 0.4, n_users), rng.normal(0, 0.4, n_items)
     P, Q = rng.normal(0, 0.8, (n_users, d)), rng.normal(0, 0.8, (n_items, d))
     u, i = np.nonzero(rng.random((n_users, n_items)) < 0.5)
     truth = 3 + b_u[u] + b_i[i] + (P[u] * Q[i]).sum(1)
-    df = pd.DataFrame({"user_idx": u, "item_idx": i,
-                       "rating": (truth + rng.normal(0, noise, len(u))).astype(np.float32),
+    rating = np.clip(truth + rng.normal(0, noise, len(u)), 1, 5)
+    truth = np.clip(truth, 1, 5)
+    df = pd.DataFrame({"user_idx": u, "item_idx": i, "rating": rating.astype(np.float32),
                        "timestamp": rng.permutation(len(u))})
     test = rng.random(len(u)) < 0.2
     return (df[~test].reset_index(drop=True), df[test].reset_index(drop=True),
@@ -179,7 +181,7 @@ def held_out_rmse(model, test) -> float:
 
 def test_bias_baseline_learns_planted_biases():
     train, test, truth = planted_ratings(d=0)
-    model = BiasBaseline(60, 50, reg_i=1.0, reg_u=1.0, rating_range=None).fit(train)
+    model = BiasBaseline(60, 50, reg_i=1.0, reg_u=1.0).fit(train)
     oracle = rmse(truth, torch.tensor(test["rating"].to_numpy(), dtype=torch.float64))
     assert_learns("BiasBaseline", held_out_rmse(model, test),
                   {"global mean": held_out_rmse(GlobalMean(60, 50).fit(train), test)}, oracle,
@@ -191,8 +193,8 @@ def assert_fits_the_factors(model):
     model.fit(train)
     oracle = rmse(truth, torch.tensor(test["rating"].to_numpy(), dtype=torch.float64))
     baselines = {"global mean": held_out_rmse(GlobalMean(60, 50).fit(train), test),
-                 "biases": held_out_rmse(BiasBaseline(60, 50, reg_i=1.0, reg_u=1.0,
-                                                  rating_range=None).fit(train), test)}
+                 "biases": held_out_rmse(BiasBaseline(60, 50, reg_i=1.0, reg_u=1.0).fit(train),
+                                         test)}
     assert_learns(type(model).__name__, held_out_rmse(model, test), baselines, oracle,
                   higher_is_better=False)
     assert_loss_falls(model.history_)
@@ -203,14 +205,13 @@ def test_biased_mf_learns_planted_factors(solver):
     hyper = {"sgd": dict(n_epochs=60, lr=0.02, batch_size=128),
              "adam": dict(n_epochs=100, lr=0.05, batch_size=256), "als": dict(n_epochs=10)}
     assert_fits_the_factors(BiasedMF(60, 50, solver=solver, n_factors=4, reg=0.05,
-                                     reg_bias=0.05, rating_range=None, **hyper[solver]))
+                                     reg_bias=0.05, **hyper[solver]))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "rprop"])
 def test_autorec_learns_planted_factors(optimizer):
     assert_fits_the_factors(AutoRec(60, 50, optimizer=optimizer, n_hidden=20, n_epochs=200,
-                                    lr=0.01, reg=1.0, dropout=0.0, batch_size=16,
-                                    rating_range=None))
+                                    lr=0.01, reg=1.0, dropout=0.0, batch_size=16))
 
 
 # ----------------------------------------------------------------------------- sequences
@@ -317,16 +318,18 @@ FS_USERS, FS_ITEMS = 80, 30
 
 
 def planted_new_users(seed=0, noise=0.2):
-    """``r = 3 + 1.5 * taste_u * genre_i + noise``: the taste (+-1) is hidden, the genre (+-1)
-    is the item's only feature; every item's mean is about 3, so only the support ratings
-    tell a new user's taste. 20 ratings per user; 25% of users are new, with K=5 support."""
+    """``r = 3 + 1.5 * taste_u * genre_i + noise`` (clipped to 1..5): the taste (+-1) is
+    hidden, the genre (+-1) is the item's only feature; every item's mean is about 3, so only
+    the support ratings tell a new user's taste. 20 ratings per user; 25% of users are new,
+    with K=5 support."""
     rng = np.random.default_rng(seed)
     taste = rng.choice([-1.0, 1.0], FS_USERS)
     genre = np.tile([-1.0, 1.0], FS_ITEMS // 2)
     rows = []
     for u in range(FS_USERS):
         for t, i in enumerate(rng.permutation(FS_ITEMS)[:20]):
-            rows.append((u, int(i), 3 + 1.5 * taste[u] * genre[i] + rng.normal(0, noise), t))
+            r = 3 + 1.5 * taste[u] * genre[i] + rng.normal(0, noise)
+            rows.append((u, int(i), float(np.clip(r, 1, 5)), t))
     ratings = pd.DataFrame(rows, columns=["user_idx", "item_idx", "rating", "timestamp"])
     features = Features({}, {}, torch.tensor(genre[:, None], dtype=torch.float32), ("genre",))
     split = cold_user_split(ratings, 5, test_frac=0.25, seed=0)
@@ -359,7 +362,7 @@ def test_fine_tuning_learns_new_users():
     prediction for a new user is ``mu + b_i`` (about the item means)."""
     split, _, noise = planted_new_users()
     mf = BiasedMF(FS_USERS, FS_ITEMS, solver="als", n_factors=2, n_epochs=10, reg=0.05,
-                  reg_bias=0.05, nu=0.0, rating_range=None).fit(split.train)
+                  reg_bias=0.05, nu=0.0).fit(split.train)
     model = FineTuneMF(FS_USERS, FS_ITEMS, model=mf, n_steps=30, lr=0.1)
     assert_adapts_to_new_users(model, split, noise)
 

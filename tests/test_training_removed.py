@@ -10,11 +10,13 @@ update, the closed forms of EASE and the biases) and the model's tests of
 
 import types
 from functools import partial
+from pathlib import Path
 
 import pytest
 import test_learning as L
 import torch
 
+import recsys_ref
 from recsys_ref.bandits import LinearTS, LinUCB, NeuralLinearTS
 from recsys_ref.few_shot import MAML, MeLU
 
@@ -108,3 +110,16 @@ def test_removing_training_fails_a_learning_test(model, monkeypatch):
 def test_every_learning_test_guards_a_model():
     guarded = {getattr(t, "func", t).__name__ for _, tests in REMOVALS.values() for t in tests}
     assert guarded == {name for name in dir(L) if name.startswith("test_")}
+
+
+def test_every_module_that_takes_gradient_steps_is_covered():
+    """A new model that calls gradient_step must get its entry in REMOVALS (each module imports
+    the function by name, so patching ``recsys_ref.training.gradient_step`` alone removes
+    nothing)."""
+    root = Path(recsys_ref.__file__).parent
+    callers = {".".join(p.relative_to(root.parent).with_suffix("").parts)
+               for p in root.rglob("*.py")
+               if p.name != "training.py" and "gradient_step(" in p.read_text()}
+    patched = {target.rsplit(".", 1)[0] for patches, _ in REMOVALS.values()
+               for target, _ in patches if target.endswith(".gradient_step")}
+    assert callers == patched
