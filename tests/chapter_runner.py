@@ -26,10 +26,11 @@ def chapters_in_toc() -> list[str]:
     return stems
 
 
-def execute(stem: str) -> Path:
-    """jupytext the chapter into ``_build/smoke``, execute it with papermill (``SMOKE=True``)."""
-    BUILD.mkdir(parents=True, exist_ok=True)
-    raw, out = BUILD / f"{stem}.raw.ipynb", BUILD / f"{stem}.ipynb"
+def execute(stem: str, build: Path = BUILD) -> Path:
+    """jupytext the chapter into ``build`` (default ``_build/smoke``), execute it with papermill
+    (``SMOKE=True``); the kernel inherits this process's environment."""
+    build.mkdir(parents=True, exist_ok=True)
+    raw, out = build / f"{stem}.raw.ipynb", build / f"{stem}.ipynb"
     out.unlink(missing_ok=True)
     py = sys.executable
     subprocess.run([py, "-m", "jupytext", "--to", "ipynb", "-q", "-o", str(raw),

@@ -7,6 +7,7 @@ it recorded with ``glue``, and ``pytest --nbval-lax`` re-executes the executed n
 cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce exactly.
 """
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -193,19 +194,27 @@ def deep_recommenders(g):
         assert g[f"{key}_s_ndcg10"] > 3 * g[f"{key}_ndcg10"]
         assert g[f"{key}_s_hr10"] > g[f"{key}_hr10"]
         assert g[f"{key}_low"] < g[f"{key}_ndcg10"] < g[f"{key}_high"]
-        assert 1 <= g[f"{key}_rank_full"] <= len(keys)
-    assert g["winner_ndcg10"] == max(g[f"{key}_ndcg10"] for key in keys)
-    assert g["best_dot"] in ("EASE", "BPR", "iALS", "GMF")
-    assert 0 <= g["n_flips"] <= g["n_pairs"] == len(keys) * (len(keys) - 1) // 2
+        # every model learned something: its whole 95% interval lies above the expected
+        # NDCG@10 of a random order (a random or untrained scorer's interval straddles it)
+        assert g[f"{key}_low"] > g["random_ndcg10"]
+    # at SMOKE size the neural models are trained for 3 epochs: none beats the best model of
+    # the earlier chapters (NeuMF's paired interval against it lies below 0), and the best
+    # model, the earlier chapters' best, clearly beats popularity
+    assert g["diff_neumf_best_high"] < 0
+    assert g["best_dot_ndcg10"] > g["pop_high"] and g["winner_ndcg10"] > g["pop_high"]
+    # sampled and full ranking order some pairs of models differently
+    assert g["n_flips"] > 0 and g["n_pairs"] == len(keys) * (len(keys) - 1) // 2
     # popularity does better on the least active users than on the most active ones
     assert g["pop_q1"] > g["pop_q4"] and g["ials_q1"] > g["ials_q4"]
     assert g["q1_diff_low"] <= g["q1_diff"] <= g["q1_diff_high"]
     # explicit: BiasedMF reproduces the previous chapter's u1 figure (ALS is deterministic);
     # AutoRec's full-settings claims (<= 0.900 on u1, below BiasedMF on every fold) are
     # asserted in the chapter's own cell
-    assert g["n_folds"] in (1, 5)
-    assert 0.90 < g["mf_u1"] < 0.95
-    assert 0 < g["autorec_u1"] < 1.3
+    assert g["n_folds"] == 1  # SMOKE: u1 only
+    assert 0.90 < g["mf_u1"] < g["bias_u1"] < g["mean_u1"]
+    # AutoRec, 6 epochs at SMOKE size, beats the global mean (a constant 3 scores 1.27, the
+    # global mean 1.15); the biases it beats only at full settings (asserted in the chapter)
+    assert g["autorec_u1"] < g["mean_u1"]
 
 
 @claims("pretraining")
@@ -219,14 +228,22 @@ def pretraining(g):
     for key in ("pop", "ease", "ials", "tt", "sasrec"):
         assert g[f"{key}_low"] < g[f"{key}_ndcg10"] < g[f"{key}_high"]
         assert 0 < g[f"{key}_cov10"] <= 1
+        assert g[f"{key}_low"] > g["random_ndcg10"]  # the interval clears a random order
     assert g["sasrec_ndcg10"] > g["pop_ndcg10"]  # even a few epochs beat popularity
     assert g["sasrec_gain_low"] <= g["sasrec_gain"] <= g["sasrec_gain_high"]
-    assert g["best_set"] in ("EASE", "iALS", "TwoTower")
-    assert g["best_pre"] in ("cloze", "contrastive")
+    # the verdicts follow their intervals; at SMOKE size (4 epochs from scratch) the
+    # contrastive backbone measurably helps next-item prediction, so pretraining did learn
+    for key in ("cloze", "cl"):
+        lo, hi = g[f"pre_{key}_diff_low"], g[f"pre_{key}_diff_high"]
+        assert g[f"pre_{key}_verdict"] == ("measurably worse than" if hi < 0 else
+                                           "measurably better than" if lo > 0 else
+                                           "not measurably different from")
+    assert g["pre_cl_diff_low"] > 0
     # the like classifier learns something from every labelled fraction
     for key in ("10", "100"):
         assert 0.55 < g[f"like_scratch_{key}"] < 1 and 0.55 < g[f"like_pre_{key}"] < 1
-    assert g["smallest_ndcg"] <= g["best_size_ndcg"]
+    # size sweep: most parameters of a one-layer model sit in the item table
+    assert g["table_share_min"] > 50
 
 
 @claims("few_shot")
@@ -239,19 +256,29 @@ def few_shot(g):
     # the predictive sd shrinks with K, towards (never below) the noise sd
     assert g["sd_k1"] > g["sd_k20"] > g["sd_noise"]
     assert g["err_k20"] > g["sd_k20"]  # "the posterior is overconfident"
-    assert 0 <= g["itemmean_sd"] < 0.1 and 0 <= g["title_gain_sd"] < 0.2  # 0: one seed
     # the empirical-Bayes prior beats the ridge prior where data are scarcest
     assert g["d_foldinEB_foldinridge_1"] < 0
     assert g["rmse_eb_1"] < g["rmse_ridge_1"]
     assert g["rmse_ridge_20"] < g["rmse_ridge_1"]  # fold-in learns from more ratings
-    for key in ("maml_ridge_verdict", "maml_mean_verdict", "eb_verdict"):
-        assert g[key] in ("beats", "does not beat")
-    assert g["claim_verdict"] in ("holds", "holds only against the fold-in", "does not hold")
-    # the pretrained encoder's embeddings as item factors: a working fold-in (barely
-    # pretrained at smoke size, so only sanity here; the full-run claim is in the chapter)
-    assert 0.8 < g["rmse_backbone_1"] < 1.3 and 0.8 < g["rmse_backbone_20"] < 1.3
-    assert g["bb_target_verdict"] in ("holds", "holds only against the ridge fold-in",
-                                      "does not hold")
+    # every verdict the prose prints follows from the paired differences it summarises
+    # ("beats": lower RMSE at each of K = 1, 3, 5; for EB against ridge at every K)
+    def beats(a, b, ks=(1, 3, 5)):
+        return max(g[f"d_{a}_{b}_{k}"] for k in ks) < 0
+
+    verdict = {True: "beats", False: "does not beat"}
+    maml_ridge, maml_mean = beats("MAML", "foldinridge"), beats("MAML", "itemmean")
+    assert g["maml_ridge_verdict"] == verdict[maml_ridge]
+    assert g["maml_mean_verdict"] == verdict[maml_mean]
+    assert g["eb_verdict"] == verdict[beats("foldinEB", "foldinridge", (1, 3, 5, 10, 20))]
+    assert g["claim_verdict"] == ("holds" if maml_ridge and maml_mean else "holds only against "
+                                  "the fold-in" if maml_ridge else "does not hold")
+    bb_ridge, bb_mean = beats("foldinbackbone", "foldinridge"), beats("foldinbackbone", "itemmean")
+    assert g["bb_target_verdict"] == ("holds" if bb_ridge and bb_mean else "holds only against "
+                                      "the ridge fold-in" if bb_ridge else "does not hold")
+    # the pretrained encoder's embeddings as item factors: a working fold-in, better than the
+    # item means from one rating on (the full-run claims are asserted in the chapter)
+    assert g["rmse_backbone_1"] < g["rmse_itemmean_1"]
+    assert g["rmse_backbone_20"] < g["rmse_itemmean_20"]
     # ranking: within the query items all similar; popularity wins the full catalogue
     assert 0.8 < g["query_ndcg_low"] <= g["query_ndcg_high"] < 1
     assert g["pop_full_20"] > g["best_other_full_20"]
@@ -264,7 +291,7 @@ def few_shot(g):
     assert g["cold_rmse_genres_year"] < g["cold_rmse_none"]
     assert g["cold_rmse_genres_10"] < g["cold_rmse_genres_year"]
     assert g["cold_none_ndcg_1"] > g["cold_ndcg_none"]
-    assert g["title_verdict"] in ("add to", "do not add to")
+    assert g["title_verdict"] == ("add to" if g["title_gain"] > 0 else "do not add to")
     # pitfalls: leaking support ratings or splitting rows at random flatters the RMSE
     assert g["leak_support"] < g["leak_leaky"] < g["leak_honest"]
     assert g["random_split_rmse"] < g["leak_honest"]
@@ -293,10 +320,7 @@ def active_selection(g):
     # the leak: a large "gain" on the leaked half, a small one on the untouched half
     assert g["gain_leaked"] > 0.1
     assert abs(g["gain_untouched"]) < g["gain_leaked"] / 4
-    # cost: measured per round (wall-clock times are reported, not asserted)
-    for key in ("pop", "unc", "kc"):
-        assert g[f"el_sec_{key}"] >= 0
-    assert g["pool_sec_kc"] >= 0 and g["pool_sec_unc"] >= 0
+    # (wall-clock times are reported, not asserted)
 
 
 @claims("matrix_factorization")
@@ -355,3 +379,34 @@ def test_chapter_reproduces(stem):
         cwd=ROOT, capture_output=True, text=True,
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
+
+
+# Imported by the kernel at start-up (a ``sitecustomize`` module on its PYTHONPATH): NCF, the
+# two-tower model and AutoRec compute their losses but never take an optimizer step.
+NO_TRAINING = """
+import recsys_ref.models.autorec, recsys_ref.models.ncf, recsys_ref.models.two_tower
+
+def _no_step(optimizer, loss):
+    return loss.item()
+
+for _module in (recsys_ref.models.autorec, recsys_ref.models.ncf, recsys_ref.models.two_tower):
+    _module.gradient_step = _no_step
+"""
+
+
+@pytest.mark.xdist_group("deep_recommenders_untrained")
+def test_deep_chapter_claims_fail_when_its_networks_do_not_train(tmp_path, monkeypatch):
+    """The claims are not vacuous: with the networks' training removed, they fail."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NO_TRAINING)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+    g = glued(execute("deep_recommenders", build=tmp_path))
+    # the kernel did run untrained networks: AutoRec is no better than the global mean, and no
+    # network's interval clears a random order (the per-model claim fails for each of them)
+    assert g["autorec_u1"] > g["mean_u1"]
+    assert all(g[f"{key}_low"] < g["random_ndcg10"] for key in ("gmf", "mlp", "neumf", "tt",
+                                                                 "ttid"))
+    with pytest.raises(AssertionError):
+        CLAIMS["deep_recommenders"](g)
