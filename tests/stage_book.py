@@ -41,6 +41,14 @@ def main(executed: Path, out: Path) -> None:
             shutil.copy(nb, out / "chapters" / nb.name)
         else:
             shutil.copy(md, out / "chapters" / md.name)
+    # pages without code (the results page) glue values from other chapters as
+    # ``{glue:text}`chapter.md::key```: here those chapters are executed notebooks
+    staged = {nb.stem for nb in (out / "chapters").glob("*.ipynb")}
+    for page in (out / "chapters").glob("*.md"):
+        text = page.read_text()
+        for stem in staged:
+            text = text.replace(f"{stem}.md::", f"{stem}.ipynb::")
+        page.write_text(text)
     for extra in (ROOT / "chapters").iterdir():  # figures and other assets
         if extra.is_file() and extra.suffix not in {".md", ".ipynb"}:
             shutil.copy(extra, out / "chapters" / extra.name)

@@ -48,6 +48,8 @@ def introduction(g):
     assert g["n_test_users"] == 943  # leave-last-out: one test item per user
     assert g["top10_share"] > 30  # "a long tail": the top 10% of items have > 30% of ratings
     assert g["temporal_cold_users"] > 0
+    # "much of a user's history is typed in a few sittings"
+    assert g["first_day_share_pct"] > 50 and g["same_second_pct"] > 25
     # OBD: clicks are rare under both logging policies (< 1%)
     assert 0 < g["obd_ctr_random"] < 1 and 0 < g["obd_ctr_bts"] < 1
     # popularity: full-ranking numbers in the range published for this split (RecBole-style
