@@ -97,7 +97,7 @@ def rank_order(scores, relevance=None):
         scores: float (n_users, n_items); ``-inf`` marks items that are not candidates.
         relevance: optional bool or float (n_users, n_items), the relevance (gain) of items.
     Returns:
-        long (n_users, n_items): item indices, best first. See the chapter
+        long (n_users, n_items), item indices, best first. See the chapter
         'Introduction and data'.
     """
     _check(scores, "scores", "a floating-point", ("n_users", "n_items"))
