@@ -177,3 +177,13 @@ def test_bootstrap_ci():
     assert bootstrap_ci(x, 200, seed=1) == bootstrap_ci(x, 200, seed=1)
     with pytest.raises(ValueError, match="values"):
         bootstrap_ci([])
+
+
+def test_score_table_evaluates_like_a_model():
+    from recsys_ref.models import ScoreTable
+
+    train, test, model = _random_setup(3)
+    table = ScoreTable(model.scores).fit()
+    assert evaluate_ranking(table, test, train) == evaluate_ranking(model, test, train)
+    with pytest.raises(ValueError, match="n_users, n_items"):
+        ScoreTable(torch.zeros(3))

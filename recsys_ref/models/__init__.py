@@ -1,7 +1,7 @@
 """Models of the book; each implements :class:`recsys_ref.models.base.Recommender`."""
 
 from recsys_ref.models.autorec import AutoRec, AutoRecConfig
-from recsys_ref.models.base import Recommender
+from recsys_ref.models.base import Recommender, ScoreTable
 from recsys_ref.models.baselines import BiasBaseline, GlobalMean, Popularity
 from recsys_ref.models.bpr import BPR, BPRConfig
 from recsys_ref.models.ease import EASE
@@ -15,6 +15,6 @@ from recsys_ref.models.two_tower import TwoTower, TwoTowerConfig
 __all__ = [
     "BPR", "EASE", "IALS", "NCF", "AutoRec", "AutoRecConfig", "BPRConfig", "BiasBaseline",
     "BiasedMF", "GlobalMean", "IALSConfig", "ItemKNN", "KNNRating", "MFConfig", "NCFConfig",
-    "Popularity", "Recommender", "SASRec", "SASRecConfig", "TwoTower", "TwoTowerConfig",
-    "UserKNN", "similarity_matrix",
+    "Popularity", "Recommender", "SASRec", "SASRecConfig", "ScoreTable", "TwoTower",
+    "TwoTowerConfig", "UserKNN", "similarity_matrix",
 ]

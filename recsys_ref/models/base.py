@@ -128,3 +128,28 @@ class ConfiguredRecommender(Recommender):
     def __init__(self, n_users: int, n_items: int, config=None, **overrides):
         super().__init__(n_users, n_items)
         self.config = replace(config or self.config_class(), **overrides)  # validates
+
+
+class ScoreTable(Recommender):
+    """A "model" whose scores were computed elsewhere: a ``(n_users, n_items)`` tensor.
+
+    Lets a table of scores (e.g. a transformation of another model's scores) go through the
+    shared evaluation code. See the chapter "Deep recommenders".
+
+    Args:
+        scores: float ``(n_users, n_items)``.
+    """
+
+    def __init__(self, scores: torch.Tensor):
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 2:
+            raise ValueError("scores must be a (n_users, n_items) tensor")
+        super().__init__(*scores.shape)
+        self.scores_ = scores
+
+    def fit(self, train: pd.DataFrame | None = None) -> ScoreTable:
+        """Nothing to fit; returns ``self``."""
+        return self
+
+    def score(self, user_idx) -> torch.Tensor:
+        """``(batch,) -> (batch, n_items)``: the given rows."""
+        return self.scores_[self._users(user_idx)]
