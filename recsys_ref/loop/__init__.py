@@ -29,5 +29,6 @@ __all__ = [
     "POLICIES", "EmbeddingConfig", "EmbeddingModel", "EpsilonGreedy", "Greedy", "Logger",
     "LoopModel", "LoopResult", "LoopSystem", "OPEGate", "PopularityModel", "Retrainer",
     "SlatePolicy", "Softmax", "Thompson", "World", "WorldConfig", "exposure_by_day",
-    "feedback_since", "gini", "mean_jaccard", "positives", "run_loop", "truth_from_ratings", "window_values",
+    "feedback_since", "gini", "mean_jaccard", "positives", "run_loop", "truth_from_ratings",
+    "window_values",
 ]
