@@ -143,11 +143,12 @@ def test_gate_deploys_nothing_for_identical_policies():
     rewards, actions, props, rates = bandit_logs()
     pi = torch.softmax(torch.randn(10, dtype=torch.float64), 0).expand(len(rewards), -1)
     q = rates.expand(len(rewards), -1)
-    gate = OPEGate(n_bootstrap=200)
-    table = gate.evaluate(rewards, actions, props, {"current": pi, "candidate": pi}, q)
-    diff = table.loc["difference"]
-    assert (diff[["estimate", "ci_low", "ci_high"]] == 0).all().all()
-    assert gate.decide(table) is False
+    for rule in ("better", "not worse"):
+        gate = OPEGate(n_bootstrap=200, rule=rule)
+        table = gate.evaluate(rewards, actions, props, {"current": pi, "candidate": pi}, q)
+        diff = table.loc["difference"]
+        assert (diff[["estimate", "ci_low", "ci_high"]] == 0).all().all()
+        assert gate.decide(table) is False
 
 
 def test_gate_estimates_match_off_policy_and_pick_the_better_policy():
@@ -172,6 +173,7 @@ def test_gate_estimates_match_off_policy_and_pick_the_better_policy():
     assert gate.decide(table) is True
     swapped = gate.evaluate(rewards, actions, props, {"current": better, "candidate": worse}, q)
     assert gate.decide(swapped) is False
+    assert OPEGate(n_bootstrap=200, rule="not worse").decide(swapped) is False
 
 
 def test_gate_in_the_loop_estimates_close_to_the_truth():
@@ -209,6 +211,8 @@ def test_bad_configuration_errors():
         pi = rates.expand(100, -1) / rates.sum()
         OPEGate().evaluate(rewards, actions, torch.full((100,), float("nan")),
                            {"a": pi, "b": pi}, pi)
+    with pytest.raises(ValueError, match="rule"):
+        OPEGate(rule="always")
     with pytest.raises(ValueError, match="epsilon"):
         EpsilonGreedy(1.5)
     with pytest.raises(ValueError, match="temperature"):
@@ -294,5 +298,8 @@ def test_exposure_by_day_columns():
     w = world()
     res = run_loop(w, system(w, policy=Greedy()))
     e = exposure_by_day(res.log, N_ITEMS, torch.arange(8))
-    assert list(e.columns) == ["day", "gini", "popular_share", "coverage", "jaccard"]
+    assert list(e.columns) == ["day", "gini", "popular_share", "coverage", "jaccard",
+                               "cum_gini", "cum_coverage"]
     assert len(e) == w.config.n_days and e[["gini", "coverage", "jaccard"]].le(1).all().all()
+    assert e["cum_coverage"].is_monotonic_increasing
+    assert (e["cum_coverage"] >= e["coverage"]).all()

@@ -6,8 +6,10 @@ trained on) with the estimators of :mod:`recsys_ref.off_policy` (IPS, SNIPS, DR)
 one impression at one position, as in the Open Bandit Dataset. The candidate is deployed only
 if the percentile-bootstrap interval of the *paired* difference
 :math:`\hat V(\pi_{\text{cand}}) - \hat V(\pi_{\text{cur}})` (the same resampled rows for
-both) lies above zero. Identical policies give a difference of exactly zero on every
-resample, so they are never deployed. See the chapter "The unified loop".
+both) lies above zero (``rule="better"``), or, more leniently, only if it does not lie below
+zero (``rule="not worse"``: deploy unless the candidate is worse by its interval). Identical
+policies give a difference of exactly zero on every resample, so neither rule deploys them.
+See the chapter "The unified loop".
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from recsys_ref.checks import check_positive_int
 from recsys_ref.off_policy import _estimates, _terms
 
 GATE_ESTIMATORS = ("IPS", "SNIPS", "DR")
+RULES = ("better", "not worse")
 
 
 class OPEGate:
@@ -30,12 +33,20 @@ class OPEGate:
         alpha: 1 - confidence level of the intervals.
         n_bootstrap: resamples of the logged rows.
         seed: seed of the resampling.
+        rule: ``"better"`` (the interval of the difference above zero) or ``"not worse"``
+            (its upper end above zero).
+        refit: once a candidate is approved, deploy the same recipe refitted on every day
+            including the window (True), or the evaluated candidate itself (False).
     """
 
     def __init__(self, estimator: str = "DR", window_days: int = 2, alpha: float = 0.05,
-                 n_bootstrap: int = 500, seed: int = 0):
+                 n_bootstrap: int = 500, seed: int = 0, rule: str = "better",
+                 refit: bool = True):
         if estimator not in GATE_ESTIMATORS:
             raise ValueError(f"estimator must be one of {GATE_ESTIMATORS}, got {estimator!r}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+        self.rule, self.refit = rule, bool(refit)
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         self.estimator, self.alpha, self.seed = estimator, float(alpha), int(seed)
@@ -85,5 +96,7 @@ class OPEGate:
         return pd.DataFrame(out).set_index(["policy", "estimator"])
 
     def decide(self, table: pd.DataFrame) -> bool:
-        """Deploy iff the decisive estimator's difference interval lies above zero."""
-        return bool(table.loc[("difference", self.estimator), "ci_low"] > 0)
+        """Deploy iff the decisive estimator's difference interval lies above zero
+        (``"better"``), or its upper end does (``"not worse"``)."""
+        row = table.loc[("difference", self.estimator)]
+        return bool(row["ci_low"] > 0 if self.rule == "better" else row["ci_high"] > 0)

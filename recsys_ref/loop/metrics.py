@@ -5,7 +5,8 @@ the whole catalogue (0: every item shown equally, 1: one item gets everything), 
 impressions on a fixed set of popular items (e.g. the 10% most interacted-with in the
 history), the catalogue coverage (share of items shown at least once), and the mean Jaccard
 overlap :math:`|S_a \cap S_b| / |S_a \cup S_b|` of the slates of every pair of that day's
-visitors (Chaney et al. 2018's homogenisation). See the chapter "The unified loop".
+visitors (Chaney et al. 2018's homogenisation). The ``cum_`` columns measure the Gini and
+coverage of all impressions up to and including the day. See the chapter "The unified loop".
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def mean_jaccard(slates: torch.Tensor, n_items: int) -> float:
 
 
 def exposure_by_day(log: pd.DataFrame, n_items: int, popular: torch.Tensor) -> pd.DataFrame:
-    """One row per day: ``gini, popular_share, coverage, jaccard`` of the logged slates.
+    """One row per day: ``gini, popular_share, coverage, jaccard, cum_gini, cum_coverage``.
 
     Args:
         log: a loop log (slate rows are used).
@@ -51,12 +52,14 @@ def exposure_by_day(log: pd.DataFrame, n_items: int, popular: torch.Tensor) -> p
     k = int(slates["position"].max()) + 1
     is_pop = torch.zeros(n_items, dtype=torch.bool)
     is_pop[torch.as_tensor(popular)] = True
-    rows = []
+    rows, total = [], torch.zeros(n_items, dtype=torch.long)
     for day, block in slates.groupby("day", sort=True):
         items = torch.as_tensor(block["item_idx"].to_numpy())
         counts = torch.bincount(items, minlength=n_items)
+        total += counts
         rows.append({"day": day, "gini": gini(counts),
                      "popular_share": float(is_pop[items].double().mean()),
                      "coverage": float((counts > 0).double().mean()),
-                     "jaccard": mean_jaccard(items.reshape(-1, k), n_items)})
+                     "jaccard": mean_jaccard(items.reshape(-1, k), n_items),
+                     "cum_gini": gini(total), "cum_coverage": float((total > 0).double().mean())})
     return pd.DataFrame(rows)

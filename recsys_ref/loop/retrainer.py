@@ -1,9 +1,9 @@
 """The retrainer of the unified loop: refit the model on everything logged so far.
 
 Every ``every`` days the retrainer fits a new model (a fresh one from ``make_model``) on the
-system's history plus every positive it logged before a cut-off day: clicks, and "yes"
-answers to onboarding questions. Skipped impressions are not positives (the model learns
-from implicit feedback, as iALS does); they still count through the fold-in of recent days.
+system's history plus every positive it logged before a cut-off day (clicks, and "yes"
+answers to onboarding questions), and gives it every logged label of those days (clicks and
+skips) for what implicit positives cannot say: which shown items were *not* liked.
 See the chapter "The unified loop".
 """
 
@@ -45,6 +45,6 @@ class Retrainer:
         model = self.make_model()
         if not isinstance(model, LoopModel):
             raise TypeError(f"make_model must return a LoopModel, got {type(model).__name__}")
-        model.fit(positives(history, log, until))
+        model.fit(positives(history, log, until), log[log["day"] < until])
         model.trained_until = until
         return model

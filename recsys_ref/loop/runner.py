@@ -6,8 +6,8 @@ feedback since the deployed model was trained is folded in (few-shot adaptation)
 fills a slate from the model's scores with logged propensities; the world draws the clicks;
 clicked and asked items are consumed (never shown again to that user). Every ``every`` days
 the retrainer fits a candidate; with a gate, the candidate is trained without the last
-``window_days`` days and deployed only if off-policy evaluation on those days says it is
-better. See the chapter "The unified loop".
+``window_days`` days and deployed (by default refitted on every day) only if off-policy
+evaluation on those days approves it. See the chapter "The unified loop".
 """
 
 from __future__ import annotations
@@ -263,8 +263,10 @@ def run_loop(world: World, system: LoopSystem, progress: bool = False) -> LoopRe
             row |= {f"{pol}_{est}": r["estimate"], f"{pol}_{est}_low": r["ci_low"],
                     f"{pol}_{est}_high": r["ci_high"]}
         decisions.append(row)
-        if deployed:
-            model, version = candidate, version + 1
+        if deployed:  # the approved recipe, refitted with the window's days too if asked
+            model = (system.retrainer.train(system.history, log, day + 1)
+                     if system.gate.refit else candidate)
+            version += 1
     return LoopResult(system.logger.frame(), pd.concat(visits, ignore_index=True),
                       pd.DataFrame(decisions))
 
