@@ -25,6 +25,7 @@ from recsys_ref.loop import (
     exposure_by_day,
     gini,
     mean_jaccard,
+    positives,
     run_loop,
     window_values,
 )
@@ -259,8 +260,8 @@ def test_run_loop_is_seeded_and_never_reshows_consumed_items():
     v = a.visits
     assert (v["expected"] <= v["oracle"] + 1e-6).all()
     s = log[log["kind"] == "slate"]
-    assert np.allclose(s["p_true"], w.click_prob[s["user_idx"].to_numpy(),
-                                                 s["item_idx"].to_numpy()].numpy())
+    pairs = torch.tensor(s[["user_idx", "item_idx"]].to_numpy())
+    assert np.allclose(s["p_true"], w.click_prob[pairs[:, 0], pairs[:, 1]].numpy())
 
 
 def test_window_values_truth_of_the_logging_policy_is_its_expected_click():
@@ -303,3 +304,20 @@ def test_exposure_by_day_columns():
     assert len(e) == w.config.n_days and e[["gini", "coverage", "jaccard"]].le(1).all().all()
     assert e["cum_coverage"].is_monotonic_increasing
     assert (e["cum_coverage"] >= e["coverage"]).all()
+
+
+def test_retrainer_learns_from_logged_labels():
+    w = world()
+    hist = history(w)
+    log = pd.DataFrame({"day": [0, 0, 1, 2], "user_idx": [0, 0, 1, 1], "item_idx": [5, 6, 5, 7],
+                        "label": [1.0, 0.0, 1.0, 1.0], "kind": "slate"})
+    pos = positives(hist, log, until=2)  # day 2 is not yet included
+    assert pos.iloc[len(hist):].values.tolist() == [[0, 5], [1, 5]]  # the clicks before day 2
+    r = Retrainer(embedding, every=3)
+    assert [d for d in range(9) if r.due(d)] == [2, 5, 8]
+    model = r.train(hist, log, until=2)
+    assert model.trained_until == 2
+    z = model.item_features[:, -1]  # centred, shrunk click rates: 5 clicked twice, 6 skipped
+    assert z[5] > 0 > z[6] and z[7] == 0 and float(z[0]) == 0
+    with pytest.raises(TypeError, match="LoopModel"):
+        Retrainer(lambda: object()).train(hist, log, 2)

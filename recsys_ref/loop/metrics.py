@@ -54,7 +54,7 @@ def exposure_by_day(log: pd.DataFrame, n_items: int, popular: torch.Tensor) -> p
     is_pop[torch.as_tensor(popular)] = True
     rows, total = [], torch.zeros(n_items, dtype=torch.long)
     for day, block in slates.groupby("day", sort=True):
-        items = torch.as_tensor(block["item_idx"].to_numpy())
+        items = torch.tensor(block["item_idx"].to_numpy())
         counts = torch.bincount(items, minlength=n_items)
         total += counts
         rows.append({"day": day, "gini": gini(counts),

@@ -96,7 +96,7 @@ class PopularityModel(LoopModel):
     """Every user gets the items with the most positive interactions (no posterior)."""
 
     def fit(self, interactions, labels=None) -> PopularityModel:
-        items = torch.as_tensor(self._check(interactions)["item_idx"].to_numpy())
+        items = torch.tensor(self._check(interactions)["item_idx"].to_numpy())
         self.counts_ = torch.bincount(items, minlength=self.n_items).float()  # (n_items,)
         return self
 
@@ -173,8 +173,8 @@ def click_rates(labels: pd.DataFrame | None, n_items: int, shrinkage: float) -> 
     if labels is None or len(labels) == 0:
         return torch.zeros(n_items, dtype=torch.float64)
     check_frame(labels, "labels", ["item_idx", "label"])
-    items = torch.as_tensor(labels["item_idx"].to_numpy(), dtype=torch.long)
-    y = torch.as_tensor(labels["label"].to_numpy(), dtype=torch.float64)
+    items = torch.tensor(labels["item_idx"].to_numpy(), dtype=torch.long)
+    y = torch.tensor(labels["label"].to_numpy(), dtype=torch.float64)
     shown = torch.bincount(items, minlength=n_items).double()
     clicked = torch.bincount(items, weights=y, minlength=n_items).double()
     overall = float(y.mean())
@@ -192,6 +192,6 @@ def _rows_of(users: torch.Tensor, feedback: pd.DataFrame | None):
         raise ValueError("users must be distinct")
     keep = feedback["user_idx"].isin(pos.index)
     fb = feedback[keep]
-    rows = torch.as_tensor(pos.loc[fb["user_idx"].to_numpy()].to_numpy(), dtype=torch.long)
-    return (rows, torch.as_tensor(fb["item_idx"].to_numpy(), dtype=torch.long),
-            torch.as_tensor(fb["label"].to_numpy(), dtype=torch.float64))
+    rows = torch.tensor(pos.loc[fb["user_idx"].to_numpy()].to_numpy(), dtype=torch.long)
+    return (rows, torch.tensor(fb["item_idx"].to_numpy(), dtype=torch.long),
+            torch.tensor(fb["label"].to_numpy(), dtype=torch.float64))

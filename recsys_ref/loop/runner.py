@@ -140,20 +140,20 @@ def window_values(world: World, log: pd.DataFrame, history: pd.DataFrame,
     k = int(rows["position"].max()) + 1
     seen = _Consumed(history, world.n_items)
     before = log[(log["day"] < start) & ((log["label"] > 0) | (log["kind"] == "answer"))]
-    seen.add(torch.as_tensor(before["user_idx"].to_numpy()),
-             torch.as_tensor(before["item_idx"].to_numpy()))
+    seen.add(torch.tensor(before["user_idx"].to_numpy()),
+             torch.tensor(before["item_idx"].to_numpy()))
     platt = _calibration(log, reward_model, start)
     everything = feedback_since(log, 0, start)  # labels before the window: no peeking
     fb = everything if adapt else None
     dists = {name: [] for name in models}
     q_hat, truth = [], {name: [] for name in models}
     for day, block in rows.groupby("day", sort=True):
-        slates = torch.as_tensor(block["item_idx"].to_numpy()).reshape(-1, k)  # (b, k)
-        users = torch.as_tensor(block["user_idx"].to_numpy()[::k])  # (b,)
+        slates = torch.tensor(block["item_idx"].to_numpy()).reshape(-1, k)  # (b, k)
+        users = torch.tensor(block["user_idx"].to_numpy()[::k])  # (b,)
         # the day's answers were given before its slates
         ans = log[(log["day"] == day) & (log["kind"] == "answer")]
-        seen.add(torch.as_tensor(ans["user_idx"].to_numpy()),
-                 torch.as_tensor(ans["item_idx"].to_numpy()))
+        seen.add(torch.tensor(ans["user_idx"].to_numpy()),
+                 torch.tensor(ans["item_idx"].to_numpy()))
         avail = seen.mask(users)
         p = world.click_prob[users].double()[:, None, :] * world.examination[:k, None].double()
         for name, model in models.items():
@@ -163,11 +163,11 @@ def window_values(world: World, log: pd.DataFrame, history: pd.DataFrame,
         q = torch.sigmoid(platt[0] * reward_model.scores(users, everything).double() + platt[1])
         q_hat.append(q.repeat_interleave(k, 0))
         clicked = block[block["label"] > 0]
-        seen.add(torch.as_tensor(clicked["user_idx"].to_numpy()),
-                 torch.as_tensor(clicked["item_idx"].to_numpy()))
-    return {"rewards": torch.as_tensor(rows["label"].to_numpy()),
-            "actions": torch.as_tensor(rows["item_idx"].to_numpy()),
-            "propensities": torch.as_tensor(rows["propensity"].to_numpy()),
+        seen.add(torch.tensor(clicked["user_idx"].to_numpy()),
+                 torch.tensor(clicked["item_idx"].to_numpy()))
+    return {"rewards": torch.tensor(rows["label"].to_numpy()),
+            "actions": torch.tensor(rows["item_idx"].to_numpy()),
+            "propensities": torch.tensor(rows["propensity"].to_numpy()),
             "dists": {n: torch.cat(v) for n, v in dists.items()}, "q_hat": torch.cat(q_hat),
             "truth": {n: float(torch.cat(v).mean()) for n, v in truth.items()}}
 
@@ -181,8 +181,8 @@ def _calibration(log: pd.DataFrame, model: LoopModel, start: int) -> tuple[float
         return 1.0, 0.0
     users, rows = np.unique(day["user_idx"].to_numpy(), return_inverse=True)
     scores = model.scores(torch.as_tensor(users), feedback_since(log, 0, start - 1))
-    _, platt = click_probabilities_from_scores(scores, rows, day["item_idx"].to_numpy(),
-                                               day["label"].to_numpy())
+    _, platt = click_probabilities_from_scores(scores, rows, day["item_idx"].to_numpy(copy=True),
+                                               day["label"].to_numpy(copy=True))
     return platt["slope"], platt["intercept"]
 
 
@@ -195,7 +195,7 @@ def _onboard(world, system, model, day, users, new_visit, consumed, gen, version
     needs = set(system.onboarding.needs)
     state = {"candidates": consumed.mask(newu)}
     if "counts" in needs:
-        state["counts"] = torch.bincount(torch.as_tensor(system.history["item_idx"].to_numpy()),
+        state["counts"] = torch.bincount(torch.tensor(system.history["item_idx"].to_numpy()),
                                          minlength=world.n_items).float()
     if {"features", "density"} & needs:
         state["features"] = model.item_features.float()
