@@ -20,8 +20,11 @@ from recsys_ref.loop.model import LoopModel
 def positives(history: pd.DataFrame, log: pd.DataFrame, until: int) -> pd.DataFrame:
     """``user_idx, item_idx`` of the history and of the log's positive rows before ``until``."""
     logged = log[(log["day"] < until) & (log["label"] > 0)]
-    return pd.concat([history[["user_idx", "item_idx"]],
-                      logged[["user_idx", "item_idx"]].astype("int64")], ignore_index=True)
+    pairs = pd.concat([history[["user_idx", "item_idx"]],
+                       logged[["user_idx", "item_idx"]].astype("int64")], ignore_index=True)
+    # implicit positives are a set: a pair already in the history, or clicked twice, counts
+    # once (the models reject repeated pairs)
+    return pairs.drop_duplicates(["user_idx", "item_idx"], ignore_index=True)
 
 
 class Retrainer:
