@@ -187,3 +187,14 @@ def test_score_table_evaluates_like_a_model():
     assert evaluate_ranking(table, test, train) == evaluate_ranking(model, test, train)
     with pytest.raises(ValueError, match="n_users, n_items"):
         ScoreTable(torch.zeros(3))
+
+
+def test_t_interval_matches_the_formula():
+    from recsys_ref.evaluation import t_interval
+
+    x = [1.0, 2.0, 4.0, 7.0, 6.0]
+    mean, low, high = t_interval(x)
+    half = 2.7764451051977987 * np.std(x, ddof=1) / np.sqrt(5)  # t(0.975, 4)
+    assert mean == pytest.approx(4.0) and (low, high) == pytest.approx((4 - half, 4 + half))
+    with pytest.raises(ValueError, match=">= 2 finite"):
+        t_interval([1.0])
