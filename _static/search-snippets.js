@@ -1,8 +1,10 @@
 // Search result snippets are cut from the text of the pages' HTML, where math is still TeX
 // source ("\(b_{ui}\)"). Before Sphinx takes that text, write each formula as plain text
 // ("b_ui"), so a snippet never shows TeX delimiters or commands. (The book's own script:
-// Jupyter Book adds every .js file in _static to every page; it acts on the search page only.)
-(() => {
+// Jupyter Book adds every .js file in _static to every page; it acts on the search page only.
+// It is loaded before Sphinx's searchtools.js, so it patches once the document is parsed,
+// before the search starts.)
+document.addEventListener("DOMContentLoaded", () => {
   if (typeof Search === "undefined" || !Search.htmlToText) return;
   const greek = {alpha: "α", beta: "β", gamma: "γ", delta: "δ", epsilon: "ε", eta: "η",
     theta: "θ", kappa: "κ", lambda: "λ", mu: "μ", nu: "ν", pi: "π", rho: "ρ", sigma: "σ",
@@ -26,4 +28,4 @@
     });
     return original(doc.documentElement.outerHTML, anchor);
   };
-})();
+});

@@ -76,8 +76,12 @@ def base_url():
 @pytest.fixture(scope="module")
 def browser():
     path = chromium_path()
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the site check needs Playwright's Python package: pip install -e '.[test]'",
+                    pytrace=False)
+    with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
