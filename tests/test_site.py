@@ -66,6 +66,8 @@ class _Quiet(SimpleHTTPRequestHandler):
 def base_url():
     if not (SITE / "chapters").is_dir():
         pytest.fail(f"no built site at {SITE}: run `make smoke-book` first", pytrace=False)
+    shutil.rmtree(SHOTS, ignore_errors=True)  # screenshots of this run only
+    SHOTS.mkdir(parents=True)
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=SITE))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
@@ -255,7 +257,6 @@ def test_site_is_built():
 @pytest.mark.parametrize("name", pages())
 def test_page(browser, base_url, name):
     stem = name.replace("/", "_").removesuffix(".html")
-    SHOTS.mkdir(parents=True, exist_ok=True)
     problems = []
 
     desk = Visit(browser, base_url, *WIDTHS["desktop"])
