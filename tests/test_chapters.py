@@ -4,7 +4,8 @@ For each chapter in ``_toc.yml``: jupytext converts the MyST source into ``_buil
 papermill executes it with ``-p SMOKE True`` (the executed notebook is kept and later staged
 for the strict book build), the test below asserts the claims its prose makes from the values
 it recorded with ``glue``, and ``pytest --nbval-lax`` re-executes the executed notebook so the
-cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce exactly.
+cells tagged ``nbval-check-output`` must reproduce exactly (a cell tag, so the reader never sees
+the marker).
 """
 
 import os

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from recsys_ref.active.signals import (
     cosine_density,
@@ -37,6 +36,7 @@ from recsys_ref.active.signals import (
 from recsys_ref.active.strategies import SelectionState, Strategy
 from recsys_ref.checks import check_frame, check_positive_int
 from recsys_ref.few_shot.protocol import full_ranking_ndcg
+from recsys_ref.progress import progress_bar
 
 COLUMNS = ["user_idx", "item_idx", "rating"]
 
@@ -200,7 +200,7 @@ class ElicitationSimulator:
         post, scores = self._fold(empty)
         n_asked, seconds = 0, 0.0
         steps = range(0, budget + 1, batch)
-        for _ in tqdm(steps, disable=not progress, desc=strategy.name):
+        for _ in progress_bar(steps, progress, desc=strategy.name):
             sse, n, ndcg = self._evaluate(scores)
             frames.append(pd.DataFrame({
                 "n_asked": n_asked, "user_idx": self.users.numpy(),

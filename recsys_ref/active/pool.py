@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from recsys_ref import metrics
 from recsys_ref.active.signals import cosine_density
@@ -32,6 +31,7 @@ from recsys_ref.active.strategies import SelectionState, Strategy
 from recsys_ref.checks import check_config, check_frame
 from recsys_ref.few_shot.fold_in import fold_in_items, fold_in_users, residual_variance
 from recsys_ref.matrix import column
+from recsys_ref.progress import progress_bar
 
 COLUMNS = ["user_idx", "item_idx", "rating"]
 PAIR_FIELDS = {"features", "density", "variance"}  # what pair_state computes for a strategy
@@ -206,8 +206,8 @@ def run_pool(strategy: Strategy, split: PoolSplit, oracle: LabelOracle,
     model = fit(labelled)
     history = [dict(round=0, n_labels=len(labelled), test_rmse=test_rmse(model, split.test),
                     select_seconds=0.0, fit_seconds=time.perf_counter() - t0)]
-    for rnd in tqdm(range(1, config.n_rounds + 1), disable=not config.progress,
-                    desc=strategy.name):
+    for rnd in progress_bar(range(1, config.n_rounds + 1), config.progress,
+                            desc=strategy.name):
         if len(unlabelled) < config.batch_size:
             break
         t0 = time.perf_counter()

@@ -23,11 +23,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from recsys_ref.checks import check_index, check_k, check_positive_int
+from recsys_ref.progress import progress_bar
 
 CONSUME_ON = ("click", "show")
 
@@ -212,8 +213,8 @@ class BanditSimulator:
         coin_rows = coins.tolist()
         chosen_list, oracle_list = [], []
         start = time.perf_counter()
-        for t, u in enumerate(tqdm(users.tolist(), disable=not progress, desc="rounds",
-                                   leave=False)):
+        for t, u in enumerate(progress_bar(users.tolist(), progress, desc="rounds",
+                                           leave=False)):
             if u not in p_rows:  # first arrival in any run: kept for later runs
                 p_rows[u] = self.click_prob[u].tolist()
                 orders[u] = torch.argsort(self.click_prob[u], descending=True, stable=True
@@ -293,8 +294,13 @@ def click_probabilities_from_scores(scores, users, items, clicks, n_iters: int =
     scores = torch.as_tensor(scores).double()
     if scores.dim() != 2:
         raise ValueError(f"scores must be (n_users, n_items), got {tuple(scores.shape)}")
-    users, items = torch.as_tensor(users).long(), torch.as_tensor(items).long()
-    y = torch.as_tensor(clicks).double()
+
+    def tensor(x, dtype):  # np.array copies: pandas' to_numpy() is read-only, torch warns on it
+        x = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))
+        return x.to(dtype)
+
+    users, items = tensor(users, torch.long), tensor(items, torch.long)
+    y = tensor(clicks, torch.double)
     if not users.shape == items.shape == y.shape or users.dim() != 1:
         raise ValueError(f"users, items and clicks must be 1-D of one length, got shapes "
                          f"{tuple(users.shape)}, {tuple(items.shape)}, {tuple(y.shape)}")
