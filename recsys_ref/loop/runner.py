@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from recsys_ref.active.signals import cosine_density, posterior_scores
 from recsys_ref.active.strategies import SelectionState, Strategy
@@ -29,6 +28,7 @@ from recsys_ref.loop.model import LoopModel
 from recsys_ref.loop.policies import SlatePolicy
 from recsys_ref.loop.retrainer import Retrainer, positives
 from recsys_ref.loop.world import World
+from recsys_ref.progress import progress_bar
 
 POSTERIOR_FIELDS = ("variance", "change")
 
@@ -219,7 +219,7 @@ def run_loop(world: World, system: LoopSystem, progress: bool = False) -> LoopRe
     consumed = _Consumed(system.history, world.n_items)
     gen = torch.Generator().manual_seed(system.seed)
     visits, decisions = [], []
-    for day in tqdm(range(cfg.n_days), disable=not progress, desc="days", leave=False):
+    for day in progress_bar(range(cfg.n_days), progress, desc="days", leave=False):
         vis = world.visitors(day)
         users = torch.tensor(vis["user"].to_numpy())  # (b,)
         new_visit = torch.tensor(vis["new_visit"].to_numpy())  # (b,)
