@@ -198,3 +198,15 @@ def test_t_interval_matches_the_formula():
     assert mean == pytest.approx(4.0) and (low, high) == pytest.approx((4 - half, 4 + half))
     with pytest.raises(ValueError, match=">= 2 finite"):
         t_interval([1.0])
+
+
+def test_holm_matches_the_step_down_rule():
+    from recsys_ref.evaluation import bootstrap_p_value, holm
+
+    # p sorted: 0.01*4=0.04, 0.02*3=0.06, 0.03*2=0.06 (running max), 0.5*1=0.5
+    np.testing.assert_allclose(holm([0.03, 0.01, 0.5, 0.02]), [0.06, 0.04, 0.5, 0.06])
+    assert holm([0.9, 0.8]).max() == 1.0  # capped
+    with pytest.raises(ValueError, match="p_values"):
+        holm([1.2])
+    assert bootstrap_p_value(np.arange(1, 101)) == 0.0  # every resample above 0
+    assert bootstrap_p_value(np.arange(-49, 51)) == pytest.approx(1.0)
