@@ -267,10 +267,15 @@ def few_shot(g):
     assert g["d_foldinEB_foldinridge_1"] < 0
     assert g["rmse_eb_1"] < g["rmse_ridge_1"]
     assert g["rmse_ridge_20"] < g["rmse_ridge_1"]  # fold-in learns from more ratings
-    # every verdict the prose prints follows from the paired differences it summarises
-    # ("beats": lower RMSE at each of K = 1, 3, 5; for EB against ridge at every K)
+    # every verdict the prose prints follows from the paired intervals next to it ("beats":
+    # the interval of the RMSE difference below 0 at each of K = 1, 3, 5; for EB against
+    # ridge at every K), and each interval brackets its difference
     def beats(a, b, ks=(1, 3, 5)):
-        return max(g[f"d_{a}_{b}_{k}"] for k in ks) < 0
+        return max(g[f"hi_{a}_{b}_{k}"] for k in ks) < 0
+
+    for k in (1, 3, 5, 10, 20):
+        assert g[f"lo_MAML_foldinridge_{k}"] <= g[f"d_MAML_foldinridge_{k}"] <= g[
+            f"hi_MAML_foldinridge_{k}"]
 
     verdict = {True: "beats", False: "does not beat"}
     maml_ridge, maml_mean = beats("MAML", "foldinridge"), beats("MAML", "itemmean")
@@ -298,7 +303,9 @@ def few_shot(g):
     assert g["cold_rmse_genres_year"] < g["cold_rmse_none"]
     assert g["cold_rmse_genres_10"] < g["cold_rmse_genres_year"]
     assert g["cold_none_ndcg_1"] > g["cold_ndcg_none"]
-    assert g["title_verdict"] == ("add to" if g["title_gain"] > 0 else "do not add to")
+    assert g["title_verdict"] == ("add to" if g["title_gain_low"] > 0
+                                  else "do not measurably add to")
+    assert g["title_gain_low"] <= g["title_gain"] <= g["title_gain_high"]
     # pitfalls: leaking support ratings or splitting rows at random flatters the RMSE
     assert g["leak_support"] < g["leak_leaky"] < g["leak_honest"]
     assert g["random_split_rmse"] < g["leak_honest"]

@@ -210,3 +210,21 @@ def test_holm_matches_the_step_down_rule():
         holm([1.2])
     assert bootstrap_p_value(np.arange(1, 101)) == 0.0  # every resample above 0
     assert bootstrap_p_value(np.arange(-49, 51)) == pytest.approx(1.0)
+
+
+def test_paired_rmse_gap_is_the_mean_of_group_gaps():
+    from recsys_ref.evaluation import paired_rmse_gap
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 5, 60).astype(float)
+    sse_b = rng.uniform(0, 2, 60) * n
+    sse_a = 0.5 * sse_b  # a is better everywhere
+    groups = np.repeat([0, 1, 2], 20)
+    gap, low, high = paired_rmse_gap(sse_a, sse_b, n, groups)
+    per_group = [np.sqrt(sse_a[groups == s].sum() / n[groups == s].sum())
+                 - np.sqrt(sse_b[groups == s].sum() / n[groups == s].sum()) for s in range(3)]
+    assert gap == pytest.approx(np.mean(per_group)) and low <= gap <= high < 0
+    # identical models: the interval is the single point 0
+    assert paired_rmse_gap(sse_b, sse_b, n, groups) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        paired_rmse_gap(sse_a * np.nan, sse_b, n, groups)

@@ -143,7 +143,7 @@ def _predictions(model, support, query):
 
 def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: pd.DataFrame,
                        k: int = 10, threshold: float | None = 4.0,
-                       exclude: pd.DataFrame | None = None) -> dict:
+                       exclude: pd.DataFrame | None = None, per_user: bool = False):
     """RMSE, MAE and NDCG@k of a few-shot recommender on new users' query sets.
 
     ``NDCG@k`` ranks each user's query items by predicted rating (graded by the true rating,
@@ -162,21 +162,32 @@ def evaluate_new_users(model: FewShotRecommender, support: pd.DataFrame, query: 
             support set). Pass the same frame for every K, e.g. every rating before the
             query set, so that all K rank the same candidate items.
 
+        per_user: also return a frame with one row per user: ``user_idx, sse`` (the sum of
+            squared errors of the user's query ratings, NaN for models that predict no
+            ratings) and ``n`` (their number), for paired comparisons
+            (:func:`recsys_ref.evaluation.paired_rmse_gap`).
+
     Returns:
-        ``{"RMSE", "MAE", "NDCG@k", "FullNDCG@k", "n_users"}``.
-        See the chapter "Few-shot recommendation".
+        ``{"RMSE", "MAE", "NDCG@k", "FullNDCG@k", "n_users"}`` (and the per-user frame if
+        ``per_user``). See the chapter "Few-shot recommendation".
     """
     check_frame(query, "query", ["user_idx", "item_idx", "rating"])
     users, scores, pred = _predictions(model, support, query)
     target = column(query, "rating", torch.float32)
     ok = model.predicts_ratings
-    return {"RMSE": metrics.rmse(pred, target) if ok else math.nan,
-            "MAE": metrics.mae(pred, target) if ok else math.nan,
-            f"NDCG@{k}": float(query_ndcg(query, pred.numpy(), k).mean()),
-            f"FullNDCG@{k}": float(full_ranking_ndcg(
-                scores, users, support if exclude is None else exclude, query, k,
-                threshold).mean()),
-            "n_users": len(users)}
+    out = {"RMSE": metrics.rmse(pred, target) if ok else math.nan,
+           "MAE": metrics.mae(pred, target) if ok else math.nan,
+           f"NDCG@{k}": float(query_ndcg(query, pred.numpy(), k).mean()),
+           f"FullNDCG@{k}": float(full_ranking_ndcg(
+               scores, users, support if exclude is None else exclude, query, k,
+               threshold).mean()),
+           "n_users": len(users)}
+    if not per_user:
+        return out
+    err2 = ((pred.double() - target.double()) ** 2).numpy() if ok else np.full(len(query), np.nan)
+    frame = (pd.DataFrame({"user_idx": query["user_idx"].to_numpy(), "sse": err2, "n": 1})
+             .groupby("user_idx", sort=True, as_index=False).sum(min_count=1))
+    return out, frame
 
 
 def evaluate_metarec(model: FewShotRecommender, support: pd.DataFrame, query: pd.DataFrame,

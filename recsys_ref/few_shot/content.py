@@ -203,7 +203,8 @@ def cold_item_split(ratings: pd.DataFrame, k: int = 0, test_frac: float = 0.1,
 
 
 def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
-                        threshold: float = 4.0, exclude: pd.DataFrame | None = None) -> dict:
+                        threshold: float = 4.0, exclude: pd.DataFrame | None = None,
+                        per_user: bool = False):
     """RMSE on the cold items' query ratings, and NDCG@k ranking *the cold items only*.
 
     Each user with a query rating ``>= threshold`` ranks every cold item they have not rated
@@ -212,7 +213,8 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     items rated ``>= threshold``.
 
     Returns:
-        ``{"RMSE", "NDCG@k", "n_users"}``. See the chapter "Few-shot recommendation".
+        ``{"RMSE", "NDCG@k", "n_users"}`` (and, if ``per_user``, a frame ``user_idx, ndcg``
+        of the users with a relevant item). See the chapter "Few-shot recommendation".
     """
     check_frame(split.query, "split.query", ["user_idx", "item_idx", "rating"])
     cold = np.unique(split.query["item_idx"].to_numpy())
@@ -227,4 +229,9 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     sup = split.support if exclude is None else exclude
     sup = sup[sup["user_idx"].isin(users)]
     ndcg = full_ranking_ndcg(scores, users, sup, split.query, k, threshold)
-    return {"RMSE": rmse, f"NDCG@{k}": float(ndcg.mean()), "n_users": len(ndcg)}
+    out = {"RMSE": rmse, f"NDCG@{k}": float(ndcg.mean()), "n_users": len(ndcg)}
+    if not per_user:
+        return out
+    rel = split.query[split.query["rating"] >= threshold]
+    evaluated = users[np.isin(users, rel["user_idx"].to_numpy())]  # full_ranking_ndcg's order
+    return out, pd.DataFrame({"user_idx": evaluated, "ndcg": ndcg.numpy()})
