@@ -228,3 +228,11 @@ def test_paired_rmse_gap_is_the_mean_of_group_gaps():
     assert paired_rmse_gap(sse_b, sse_b, n, groups) == (0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="finite"):
         paired_rmse_gap(sse_a * np.nan, sse_b, n, groups)
+
+
+def test_paired_mean_gap_resamples_within_groups():
+    from recsys_ref.evaluation import paired_mean_gap
+
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 1.0, 1.0, 2.0])
+    gap, low, high = paired_mean_gap(a, b, [0, 0, 1, 1])
+    assert gap == pytest.approx(np.mean([1.5 - 0.5, 3.5 - 1.5])) and low <= gap <= high

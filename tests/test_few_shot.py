@@ -611,3 +611,15 @@ def test_real_encoder(tmp_path, monkeypatch):
     assert e.shape == (3, 384)
     assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-4)
     assert e[0] @ e[1] > e[0] @ e[2]  # sequels are closer than unrelated titles
+
+
+def test_evaluate_new_users_per_user_sums_to_the_rmse():
+    ratings, _ = synthetic_ratings(per_user=30)
+    split = cold_user_split(ratings, 5, test_frac=0.3, seed=0)
+    model = ItemMean(60, 40).fit(split.train)
+    out, per_user = evaluate_new_users(model, split.support, split.query, per_user=True)
+    assert per_user["n"].sum() == len(split.query)
+    assert np.sqrt(per_user["sse"].sum() / per_user["n"].sum()) == pytest.approx(out["RMSE"])
+    _, pop_users = evaluate_new_users(Popularity(60, 40).fit(split.train), split.support,
+                                      split.query, per_user=True)
+    assert pop_users["sse"].isna().all()  # popularity predicts no ratings
