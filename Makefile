@@ -12,7 +12,7 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test install data lint unit chapters smoke-book clean
+.PHONY: book test install data lint unit chapters smoke-book bench clean
 
 book: data
 	$(BIN)/jupyter-book build .
@@ -52,6 +52,11 @@ chapters: data
 smoke-book: install
 	$(BIN)/python tests/stage_book.py _build/smoke $(SMOKE_BOOK)
 	$(BIN)/jupyter-book build $(SMOKE_BOOK) --all -W -n --keep-going
+
+# Times every model's fit and full-ranking evaluation on MovieLens-100K at one thread and
+# writes _build/bench/bench.{md,csv} (not part of `make test`; about 10 minutes).
+bench: data
+	$(BIN)/python benchmarks/bench.py --out _build/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf _build
