@@ -280,6 +280,20 @@ def test_autorec_predict_is_the_reconstruction_with_fallbacks():
     assert clipped.min() >= 1 and clipped.max() <= 5
 
 
+def test_autorec_reconstruction_is_cached_per_parameter_state():
+    train = ratings(6)
+    m = AutoRec(N_USERS, N_ITEMS, n_hidden=5, rating_range=None, **FAST).fit(train)
+    users = torch.arange(N_USERS)
+    first = m.score(users)
+    assert m._reconstruction() is m._reconstruction()  # computed once while nothing changes
+    with torch.no_grad():
+        m.net_.decoder.bias.add_(1.0)  # an in-place update, as an optimizer step makes
+    moved = m.score(users)
+    torch.testing.assert_close(moved, first + 1.0 * m.item_seen_ * m.user_seen_[:, None])
+    m.net_.load_state_dict(m.net_.state_dict() | {"decoder.bias": m.net_.decoder.bias - 1})
+    torch.testing.assert_close(m.score(users), first)
+
+
 def test_autorec_is_deterministic_and_validates():
     train = ratings()
     kw = dict(n_hidden=5, **FAST)

@@ -10,7 +10,7 @@ from recsys_ref.matrix import column
 from recsys_ref.metrics import rmse
 from recsys_ref.models.baselines import BiasBaseline
 from recsys_ref.models.bpr import BPR, bpr_loss, sample_negatives
-from recsys_ref.models.ials import IALS, ials_objective, ials_step
+from recsys_ref.models.ials import IALS, ials_loss, ials_objective, ials_step
 from recsys_ref.models.mf import BiasedMF, Factors, als_step, mf_objective, rating_counts
 from recsys_ref.training import ridge_solve, row_blocks
 
@@ -284,6 +284,15 @@ def test_ials_step_matches_hu_et_al_weighted_ridge_per_user():
     assert loss.item() < before
     loss.backward()
     torch.testing.assert_close(W_new.grad, torch.zeros_like(W_new), atol=1e-10, rtol=0)
+
+
+def test_ials_loss_is_the_dense_objective():
+    mask, W, H = ials_problem(2)
+    users, items = mask.nonzero(as_tuple=True)
+    counts = (mask.sum(1), mask.sum(0))
+    for nu in (0.0, 1.0):
+        torch.testing.assert_close(ials_loss(W, H, users, items, counts, ALPHA0, LAM, nu),
+                                   ials_objective(W, H, mask, ALPHA0, LAM, nu))
 
 
 def test_ials_conjugate_gradient_converges_to_cholesky():
