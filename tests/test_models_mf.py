@@ -1,5 +1,7 @@
 """Matrix factorization (BiasedMF, BPR, iALS) against autograd and slow per-row references."""
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from recsys_ref.matrix import column
 from recsys_ref.metrics import rmse
 from recsys_ref.models.baselines import BiasBaseline
-from recsys_ref.models.bpr import BPR, bpr_loss, sample_negatives
+from recsys_ref.models.bpr import BPR, _draw_unseen, bpr_loss, sample_negatives
 from recsys_ref.models.ials import IALS, ials_loss, ials_objective, ials_step
 from recsys_ref.models.mf import BiasedMF, Factors, als_step, mf_objective, rating_counts
 from recsys_ref.training import ridge_solve, row_blocks
@@ -232,6 +234,26 @@ def test_sample_negatives_avoids_positives_and_is_seeded():
         sample_negatives(users, 7, 1, mask, torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="n_negatives"):
         sample_negatives(users, 7, 0)
+
+
+def test_sample_negatives_is_uniform_and_fast_for_a_user_who_has_seen_almost_everything():
+    n_items = 1682
+    mask = torch.ones(2, n_items, dtype=torch.bool)
+    mask[0, [5, 900]] = False  # user 0: two unseen items; user 1: most items unseen
+    mask[1, ::3] = False
+    users = torch.zeros(4000, dtype=torch.long)
+    t0 = time.perf_counter()
+    neg = sample_negatives(users, n_items, 1, mask, torch.Generator().manual_seed(0))[:, 0]
+    assert time.perf_counter() - t0 < 1.0  # plain rejection takes ~30 s for these draws
+    assert set(neg.tolist()) == {5, 900}
+    share = (neg == 5).float().mean().item()
+    assert abs(share - 0.5) < 4 * (0.25 / 4000) ** 0.5  # uniform among the unseen, 4 sigma
+    # the exact draw on its own: uniform over the free items of each row
+    rows = mask[1].expand(30000, n_items)
+    got = _draw_unseen(rows, torch.Generator().manual_seed(1))
+    assert not rows[0, got].any()
+    counts = torch.bincount(got, minlength=n_items)[~mask[1]].float()  # (561,) ~53 each
+    assert counts.min() > 20 and counts.max() < 100
 
 
 def test_bpr_is_deterministic_and_restores_its_best_epoch():
