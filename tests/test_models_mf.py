@@ -13,7 +13,14 @@ from recsys_ref.metrics import rmse
 from recsys_ref.models.baselines import BiasBaseline
 from recsys_ref.models.bpr import BPR, _draw_unseen, bpr_loss, sample_negatives
 from recsys_ref.models.ials import IALS, ials_loss, ials_objective, ials_step
-from recsys_ref.models.mf import BiasedMF, Factors, als_step, mf_objective, rating_counts
+from recsys_ref.models.mf import (
+    BiasedMF,
+    Factors,
+    als_step,
+    mf_objective,
+    rating_counts,
+    sgd_step,
+)
 from recsys_ref.training import ridge_solve, row_blocks
 
 N_USERS, N_ITEMS, D = 12, 9, 3
@@ -162,6 +169,32 @@ def test_sgd_step_is_funks_update():
             e - REG_B * old[3][ii])
     for param, expected in zip((f.P, f.Q, f.b_u, f.b_i), (P, Q, bu, bi), strict=True):
         torch.testing.assert_close(param.detach(), expected)
+
+
+@pytest.mark.parametrize("nu", [1.0, 0.5])
+def test_written_out_sgd_step_is_torch_sgd_on_the_objective(nu):
+    df = low_rank_ratings()
+    u, i, r = triples(df, torch.float32)
+    counts = rating_counts(u, i, N_USERS, N_ITEMS)
+    a, b = factors().float(), factors().float()
+    with torch.no_grad():
+        for f in (a, b):
+            f.b_u.normal_(generator=torch.Generator().manual_seed(3))
+            f.b_i.normal_(generator=torch.Generator().manual_seed(4))
+    opt = torch.optim.SGD(a.parameters(), lr=0.01)
+    for batch in (slice(0, 20), slice(20, 50)):  # repeated users and items within a batch
+        args = (u[batch], i[batch], r[batch], MU, REG, REG_B)
+        loss = mf_objective(a, *args, nu=nu, counts=counts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        got = sgd_step(b, *args, lr=0.01, nu=nu, counts=counts)
+        assert got == pytest.approx(loss.item(), rel=1e-6)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x.detach(), y.detach())
+    b.P.data[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        sgd_step(b, u, i, r, MU, REG, REG_B, lr=0.01)
 
 
 @pytest.mark.parametrize("kwargs, match", [
