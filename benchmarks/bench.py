@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="", help="a name for this run (e.g. a commit)")
     parser.add_argument("--bpr-target", type=float, default=0.040,
                         help="validation NDCG@10 BPR is timed to reach")
+    parser.add_argument("--export", default="",
+                        help="only write the splits as CSV into this folder (for peers.py)")
     args = parser.parse_args(argv)
     only = [s for s in args.only.split(",") if s]
 
@@ -96,6 +98,14 @@ def main(argv=None) -> int:
     train, valid, test = leave_last_out(ml.ratings)
     seen = [train, valid]
     u1_train, u1_test = u_fold(ml.ratings, 1)
+    if args.export:  # the same rows for the peer libraries' benchmark, benchmarks/peers.py
+        folder = Path(args.export)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, df in (("llo_train", train), ("llo_valid", valid), ("llo_test", test),
+                         ("u1_train", u1_train), ("u1_test", u1_test)):
+            df[["user_idx", "item_idx", "rating"]].to_csv(folder / f"{name}.csv", index=False)
+        (folder / "sizes.txt").write_text(f"{nu} {ni}\n")
+        return 0
     rows = []
 
     def ranking(name, make, fit=lambda m: m.fit(train), note=""):
