@@ -179,11 +179,13 @@ class AutoRec(ConfiguredRecommender):
                 loss = autorec_loss(self.net_, inputs, R[i], M[i], cfg.reg,
                                     len(i) / self.n_items)
                 total += gradient_step(opt, loss)
+            self._recon_key = None  # fused Adam updates in place without bumping versions
             return total / n_obs
 
         eval_fn = None if valid is None else rmse_eval_fn(self, valid)
         result = fit_from_config(epoch, cfg, module=self.net_, eval_fn=eval_fn,
                                  higher_is_better=False, desc="AutoRec")
+        self._recon_key = None  # the best state may have been loaded back
         self.history_, self.best_epoch_ = result.history, result.best_epoch
         return self
 
@@ -198,9 +200,10 @@ class AutoRec(ConfiguredRecommender):
     def _reconstruction(self) -> torch.Tensor:
         """``(n_items, n_users)`` ``h(r_i)`` for every item, computed once per state of the
         network: evaluation scores users in batches and validation calls :meth:`predict`
-        every epoch, and each would otherwise rerun the whole autoencoder. The key is the
-        version counter of every parameter (bumped by each optimizer step and by
-        ``load_state_dict``) and the input matrix."""
+        every epoch, and each would otherwise rerun the whole autoencoder. :meth:`fit`
+        clears it after every epoch (a fused optimizer step does not bump the parameters'
+        version counters); the key also holds those counters, bumped by in-place edits and
+        ``load_state_dict``, and the input matrix."""
         key = (id(self.R_), *(p._version for p in self.net_.parameters()),
                *(id(p) for p in self.net_.parameters()))
         if getattr(self, "_recon_key", None) != key:
