@@ -82,9 +82,14 @@ def main(argv=None) -> int:
     root = Path(args.root).resolve()
     config = settings(root)
     cache = get_cache(config["cache"])  # created here, once, before the workers open it
-    # the longest chapters first (their last recorded run time), so the two lanes end together
+    # the longest chapter (by its last recorded run time) first, so that the lanes end
+    # together; the others in book order, so that a chapter reusing an earlier one's fits
+    # (recsys_ref.model_cache) usually starts after it
     last = {r.uri: r.data.get("execution_seconds", 0) for r in cache.list_cache_records()}
-    todo = sorted(chapters(root), key=lambda p: -(last.get(str(p)) or 0))
+    todo = chapters(root)
+    longest = max(todo, key=lambda p: last.get(str(p)) or 0, default=None)
+    if longest is not None and last.get(str(longest)):
+        todo = [longest] + [p for p in todo if p != longest]
     t0, failed = time.perf_counter(), []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(execute_one, str(p), config) for p in todo]
