@@ -261,17 +261,6 @@ def test_knn_cosine_blocks_match_dense(block_size):
         assert torch.equal(knn_cosine(X, 1.0, k, block_size=block_size), want)
 
 
-def test_knn_rating_score_matches_predict_with_ties():
-    # integer ratings and no shrinkage: many exactly tied similarities at the k-th place
-    df = ratings_frame(seed=9, density=0.7, integer=True)
-    for user_based in (False, True):
-        model = KNNRating(N_USERS, N_ITEMS, k=2, kind="cosine", shrinkage=0.0, baseline=None,
-                          user_based=user_based).fit(df)
-        u, i = np.meshgrid(np.arange(N_USERS), np.arange(N_ITEMS), indexing="ij")
-        got = model.predict(torch.as_tensor(u.ravel()), torch.as_tensor(i.ravel()))
-        assert torch.equal(model.score(torch.arange(N_USERS)).ravel(), got)
-
-
 def test_ease_matches_numpy():
     df = ratings_frame(seed=7, density=0.4)
     X = interaction_mask(df, N_USERS, N_ITEMS).double().numpy()

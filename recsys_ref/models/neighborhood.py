@@ -253,9 +253,11 @@ class KNNRating(Recommender):
     def score(self, user_idx) -> torch.Tensor:
         """``(batch,) -> (batch, n_items)`` predicted ratings of every item.
 
-        The same numbers as :meth:`predict` on every pair, one user at a time: the k-NN
-        queries of a user share either their candidate neighbours (item-based: only the
-        user's rated items are ranked) or their similarity row (user-based: sorted once).
+        :meth:`predict` on every pair, one user at a time: the k-NN queries of a user share
+        either their candidate neighbours (item-based: only the user's rated items are
+        ranked) or their similarity row (user-based: sorted once, ties by index). The
+        numbers are :meth:`predict`'s except where neighbours tie exactly at the k-th place,
+        which both break by a deterministic but unspecified rule.
         """
         users = self._users(user_idx)
         out = torch.empty(len(users), self.n_items, dtype=torch.float64)
@@ -273,7 +275,7 @@ class KNNRating(Recommender):
     def _score_user_based(self, u: int) -> torch.Tensor:
         """``(n_items,)`` float64 predictions for user ``u``, user-based: the neighbours
         v with ``s_uv > 0`` sorted once (similarity down, ties by index), then each item's
-        first ``k`` raters in that order, which is :meth:`_average`'s choice."""
+        first ``k`` raters in that order."""
         s = self.sim_[u].double()  # (n_users,)
         pos = (s > 0).nonzero()[:, 0]
         order = pos[s[pos].sort(descending=True, stable=True).indices]  # (P,)
@@ -292,12 +294,12 @@ class KNNRating(Recommender):
         k = min(self.k, sim.shape[1])
         if k == 0:
             return fallback.double()
-        vals = torch.where(ok, sim, float("-inf"))  # (c, L) candidates only
-        # the k best, ties at the k-th place to the lower index (as in _keep_top_k), so that
-        # predict and score, which see the candidates in different column sets, agree
-        used = _keep_top_k(vals, k, fill=float("-inf")) > 0  # (c, L) the neighbours used
-        w = torch.where(used, vals, 0.0)  # (c, L) s_xx' of the neighbours, else 0
-        num, den = (w * resid).sum(1), w.sum(1)  # (c,)
+        # topk, not a stable sort (7x slower): an exact tie at the k-th place is broken
+        # by topk's deterministic but unspecified rule
+        top = torch.where(ok, sim, float("-inf")).topk(k, dim=1)  # (c, k) best first
+        w = top.values.clamp(min=0)  # (c, k), 0 for missing neighbours (-inf -> 0)
+        used = top.values > 0  # (c, k) real neighbours
+        num, den = (w * resid.gather(1, top.indices)).sum(1), w.sum(1)  # (c,)
         enough = (used.sum(1) >= self.min_k) & (den > 0)
         return torch.where(enough, base + num / den.clamp(min=1e-300), fallback).double()
 
@@ -308,9 +310,8 @@ class KNNRating(Recommender):
 
 
 def _keep_top_k(sim: torch.Tensor, k: int | None, out: torch.Tensor | None = None,
-                fill: float = 0.0) -> torch.Tensor:
-    """Set all but the ``k`` largest entries of each row of ``sim`` to ``fill`` (ties: lower
-    index first).
+                ) -> torch.Tensor:
+    """Zero all but the ``k`` largest entries of each row of ``sim`` (ties: lower index).
 
     ``topk`` finds each row's k-th largest value; every entry above it is kept, and of the
     entries equal to it the lowest-indexed ones fill the remaining places. That is the result
@@ -321,7 +322,6 @@ def _keep_top_k(sim: torch.Tensor, k: int | None, out: torch.Tensor | None = Non
         sim: ``(n, c)`` values.
         k: entries kept per row (``None``: all).
         out: optional ``(n, c)`` tensor to write the result into.
-        fill: the value of the dropped entries.
     """
     if k is None or k >= sim.shape[1]:
         return sim if out is None else out.copy_(sim)
@@ -335,8 +335,8 @@ def _keep_top_k(sim: torch.Tensor, k: int | None, out: torch.Tensor | None = Non
         t = tied[crowded]
         keep[crowded] = (keep[crowded] & ~t) | (t & (t.cumsum(1) <= room[crowded, None]))
     if out is None:
-        return torch.where(keep, sim, fill)
-    return out.copy_(sim).masked_fill_(~keep, fill)  # sim may be out itself
+        return torch.where(keep, sim, 0.0)
+    return out.copy_(sim).masked_fill_(~keep, 0.0)  # sim may be out itself
 
 
 def knn_cosine(X: torch.Tensor, shrinkage: float, k: int | None,
