@@ -12,9 +12,12 @@ export OMP_NUM_THREADS := 1
 export MKL_NUM_THREADS := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test install data lint unit chapters smoke-book site-check clean
+.PHONY: book test install data lint unit chapters smoke-book site-check bench clean
 
+# Chapters are executed two at a time into Jupyter Book's execution cache (one single-threaded
+# kernel per core), then the build reads them from it; unchanged chapters are not re-run.
 book: data
+	$(BIN)/python tests/execute_chapters.py . --jobs 2
 	$(BIN)/jupyter-book build .
 	@echo "The book is at file://$(CURDIR)/_build/html/index.html"
 
@@ -57,6 +60,11 @@ smoke-book: install
 # sees it at 1280 and 390 px; screenshots land in _build/site_check.
 site-check: smoke-book
 	$(BIN)/python -m pytest -q -m site tests/test_site.py
+
+# Times every model's fit and full-ranking evaluation on MovieLens-100K at one thread and
+# writes _build/bench/bench.{md,csv} (not part of `make test`; about 10 minutes).
+bench: data
+	$(BIN)/python benchmarks/bench.py --out _build/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf _build

@@ -309,9 +309,10 @@ def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_r
     out = X.new_zeros(n_rows, X.shape[1])
     for r, c, e in blocks:
         Xb = X[c]  # (g, L, k), zero rows on padding
-        A = Xb.mT @ Xb + torch.diag_embed(reg[r])  # (g, k, k)
+        A = Xb.mT @ Xb  # (g, k, k)
+        A.diagonal(dim1=-2, dim2=-1).add_(reg[r])  # in place: no (g, k, k) diagonal matrix
         if gram is not None:
-            A = A + gram
+            A += gram
         b = Xb.mT @ y[e][:, :, None]  # (g, k, 1)
         out[r] = torch.cholesky_solve(b, torch.linalg.cholesky(A))[:, :, 0]
     return out

@@ -21,6 +21,8 @@ from recsys_ref.models.neighborhood import (
     ItemKNN,
     KNNRating,
     UserKNN,
+    _keep_top_k,
+    knn_cosine,
     similarity_matrix,
     support,
 )
@@ -233,6 +235,30 @@ def test_item_and_user_knn_match_loops():
         want[u] = sum(S[u, v] * X[v] for v in nbrs)
     got = UserKNN(N_USERS, N_ITEMS, k=k, shrinkage=h).fit(df).score(torch.arange(N_USERS))
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
+
+
+def test_keep_top_k_is_a_stable_sort_cut_at_k():
+    # rows full of ties: kept entries must be those of a stable descending sort
+    gen = torch.Generator().manual_seed(0)
+    sim = torch.randint(0, 4, (50, 30), generator=gen).double()
+    for k in (1, 3, 10, 29):
+        idx = sim.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        want = torch.zeros_like(sim).scatter_(1, idx, sim.gather(1, idx))
+        assert torch.equal(_keep_top_k(sim, k), want)
+        assert ((_keep_top_k(sim + 1, k) != 0).sum(1) == k).all()  # exactly k, ties or not
+
+
+@pytest.mark.parametrize("block_size", [1, 4, None])
+def test_knn_cosine_blocks_match_dense(block_size):
+    df = ratings_frame(seed=8, density=0.5)
+    X = interaction_mask(df, N_USERS, N_ITEMS).double()
+    co = X.T @ X
+    cnt = co.diagonal()
+    sim = co / ((cnt[:, None] * cnt[None, :]).sqrt() + 1.0)
+    sim.fill_diagonal_(0.0)
+    for k in (2, None):
+        want = _keep_top_k(sim, k).float()
+        assert torch.equal(knn_cosine(X, 1.0, k, block_size=block_size), want)
 
 
 def test_ease_matches_numpy():

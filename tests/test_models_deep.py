@@ -280,6 +280,30 @@ def test_autorec_predict_is_the_reconstruction_with_fallbacks():
     assert clipped.min() >= 1 and clipped.max() <= 5
 
 
+def test_autorec_reconstruction_is_cached_per_parameter_state():
+    train = ratings(6)
+    m = AutoRec(N_USERS, N_ITEMS, n_hidden=5, rating_range=None, **FAST).fit(train)
+    users = torch.arange(N_USERS)
+    first = m.score(users)
+    assert m._reconstruction() is m._reconstruction()  # computed once while nothing changes
+    with torch.no_grad():
+        m.net_.decoder.bias.add_(1.0)  # an in-place update, as an optimizer step makes
+    moved = m.score(users)
+    torch.testing.assert_close(moved, first + 1.0 * m.item_seen_ * m.user_seen_[:, None])
+    m.net_.load_state_dict(m.net_.state_dict() | {"decoder.bias": m.net_.decoder.bias - 1})
+    torch.testing.assert_close(m.score(users), first)
+    # during a fit, every epoch's validation sees that epoch's weights (fused Adam updates
+    # them in place without bumping their version counters)
+    kw = FAST | {"n_epochs": 4, "rating_range": None}  # unclipped: every epoch moves them
+    v = AutoRec(N_USERS, N_ITEMS, n_hidden=5, **kw).fit(train, train)
+    valid = [h["valid"] for h in v.history_]
+    assert len(set(valid)) == 4
+    fresh = AutoRec(N_USERS, N_ITEMS, n_hidden=5, **kw).fit(train, train)
+    fresh._reconstruction = lambda: fresh.net_(fresh.R_)  # no cache at all
+    u, i = torch.as_tensor(train.user_idx.to_numpy()), torch.as_tensor(train.item_idx.to_numpy())
+    torch.testing.assert_close(v.predict(u, i), fresh.predict(u, i))
+
+
 def test_autorec_is_deterministic_and_validates():
     train = ratings()
     kw = dict(n_hidden=5, **FAST)

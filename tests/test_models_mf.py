@@ -1,5 +1,7 @@
 """Matrix factorization (BiasedMF, BPR, iALS) against autograd and slow per-row references."""
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -9,9 +11,16 @@ import torch.nn.functional as F
 from recsys_ref.matrix import column
 from recsys_ref.metrics import rmse
 from recsys_ref.models.baselines import BiasBaseline
-from recsys_ref.models.bpr import BPR, bpr_loss, sample_negatives
-from recsys_ref.models.ials import IALS, ials_objective, ials_step
-from recsys_ref.models.mf import BiasedMF, Factors, als_step, mf_objective, rating_counts
+from recsys_ref.models.bpr import BPR, _draw_unseen, bpr_loss, sample_negatives
+from recsys_ref.models.ials import IALS, ials_loss, ials_objective, ials_step
+from recsys_ref.models.mf import (
+    BiasedMF,
+    Factors,
+    als_step,
+    mf_objective,
+    rating_counts,
+    sgd_step,
+)
 from recsys_ref.training import ridge_solve, row_blocks
 
 N_USERS, N_ITEMS, D = 12, 9, 3
@@ -162,6 +171,32 @@ def test_sgd_step_is_funks_update():
         torch.testing.assert_close(param.detach(), expected)
 
 
+@pytest.mark.parametrize("nu", [1.0, 0.5])
+def test_written_out_sgd_step_is_torch_sgd_on_the_objective(nu):
+    df = low_rank_ratings()
+    u, i, r = triples(df, torch.float32)
+    counts = rating_counts(u, i, N_USERS, N_ITEMS)
+    a, b = factors().float(), factors().float()
+    with torch.no_grad():
+        for f in (a, b):
+            f.b_u.normal_(generator=torch.Generator().manual_seed(3))
+            f.b_i.normal_(generator=torch.Generator().manual_seed(4))
+    opt = torch.optim.SGD(a.parameters(), lr=0.01)
+    for batch in (slice(0, 20), slice(20, 50)):  # repeated users and items within a batch
+        args = (u[batch], i[batch], r[batch], MU, REG, REG_B)
+        loss = mf_objective(a, *args, nu=nu, counts=counts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        got = sgd_step(b, *args, lr=0.01, nu=nu, counts=counts)
+        assert got == pytest.approx(loss.item(), rel=1e-6)
+    for x, y in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(x.detach(), y.detach())
+    b.P.data[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        sgd_step(b, u, i, r, MU, REG, REG_B, lr=0.01)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"n_factors": 0}, "n_factors"), ({"solver": "newton"}, "solver"), ({"lr": 0.0}, "lr"),
     ({"reg": -1.0}, "reg"), ({"batch_size": 0}, "batch_size"), ({"patience": 0}, "patience"),
@@ -234,6 +269,26 @@ def test_sample_negatives_avoids_positives_and_is_seeded():
         sample_negatives(users, 7, 0)
 
 
+def test_sample_negatives_is_uniform_and_fast_for_a_user_who_has_seen_almost_everything():
+    n_items = 1682
+    mask = torch.ones(2, n_items, dtype=torch.bool)
+    mask[0, [5, 900]] = False  # user 0: two unseen items; user 1: most items unseen
+    mask[1, ::3] = False
+    users = torch.zeros(4000, dtype=torch.long)
+    t0 = time.perf_counter()
+    neg = sample_negatives(users, n_items, 1, mask, torch.Generator().manual_seed(0))[:, 0]
+    assert time.perf_counter() - t0 < 1.0  # plain rejection takes ~30 s for these draws
+    assert set(neg.tolist()) == {5, 900}
+    share = (neg == 5).float().mean().item()
+    assert abs(share - 0.5) < 4 * (0.25 / 4000) ** 0.5  # uniform among the unseen, 4 sigma
+    # the exact draw on its own: uniform over the free items of each row
+    rows = mask[1].expand(30000, n_items)
+    got = _draw_unseen(rows, torch.Generator().manual_seed(1))
+    assert not rows[0, got].any()
+    counts = torch.bincount(got, minlength=n_items)[~mask[1]].float()  # (561,) ~53 each
+    assert counts.min() > 20 and counts.max() < 100
+
+
 def test_bpr_is_deterministic_and_restores_its_best_epoch():
     df = low_rank_ratings(density=0.5)
     df = df[df["rating"] >= 3]  # implicit positives
@@ -284,6 +339,15 @@ def test_ials_step_matches_hu_et_al_weighted_ridge_per_user():
     assert loss.item() < before
     loss.backward()
     torch.testing.assert_close(W_new.grad, torch.zeros_like(W_new), atol=1e-10, rtol=0)
+
+
+def test_ials_loss_is_the_dense_objective():
+    mask, W, H = ials_problem(2)
+    users, items = mask.nonzero(as_tuple=True)
+    counts = (mask.sum(1), mask.sum(0))
+    for nu in (0.0, 1.0):
+        torch.testing.assert_close(ials_loss(W, H, users, items, counts, ALPHA0, LAM, nu),
+                                   ials_objective(W, H, mask, ALPHA0, LAM, nu))
 
 
 def test_ials_conjugate_gradient_converges_to_cholesky():

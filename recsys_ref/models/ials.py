@@ -59,6 +59,31 @@ def ials_objective(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0:
     return fit + (pen_u * (W * W).sum(1)).sum() + (pen_i * (H * H).sum(1)).sum()
 
 
+def ials_loss(W: torch.Tensor, H: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+              counts, alpha0: float, reg: float, nu: float = 1.0) -> torch.Tensor:
+    r""":func:`ials_objective` without the dense ``(n_users, n_items)`` score matrix.
+
+    The unobserved term is a trace of two ``(d, d)`` Gramians,
+    :math:`\sum_{u,i} (w_u^\top h_i)^2 = \mathrm{tr}(W^\top W \, H^\top H)`, and the
+    observed term needs the scores of the observed pairs only: ``O((|S| + n) d)`` work.
+
+    Args:
+        W, H: as in :func:`ials_objective`.
+        users, items: ``(|S|,)`` the observed pairs (distinct).
+        counts: ``(|I_u| (n_users,), |U_i| (n_items,))`` observed counts.
+        alpha0, reg, nu: as in :func:`ials_objective`.
+
+    Returns:
+        A scalar tensor, equal to :func:`ials_objective` up to rounding.
+        See the chapter "Matrix factorization".
+    """
+    s = (W[users] * H[items]).sum(-1)  # (|S|,) observed scores
+    fit = ((1 - s) ** 2).sum() + alpha0 * ((W.T @ W) * (H.T @ H)).sum()
+    pen_u = ials_penalty(counts[0].to(W.dtype), len(H), alpha0, reg, nu)  # (n_users,)
+    pen_i = ials_penalty(counts[1].to(W.dtype), len(W), alpha0, reg, nu)  # (n_items,)
+    return fit + (pen_u * (W * W).sum(1)).sum() + (pen_i * (H * H).sum(1)).sum()
+
+
 def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: float, reg: float,
               nu: float = 1.0, solver: str = "cholesky", cg_steps: int = 3, blocks=None,
               ) -> torch.Tensor:
@@ -171,7 +196,9 @@ class IALS(ConfiguredRecommender):
         cfg = self.config
         self._check_train(train)
         mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
-        n_pairs = int(mask.sum())
+        users, items = mask.nonzero(as_tuple=True)  # (n_pairs,) the observed set
+        counts = (mask.sum(1), mask.sum(0))  # (n_users,), (n_items,)
+        n_pairs = len(users)
         gen = seed_everything(cfg.seed)
         self.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
                                 item_bias=False, init_std=cfg.init_std / cfg.n_factors ** 0.5,
@@ -187,7 +214,8 @@ class IALS(ConfiguredRecommender):
         def epoch(_):
             f.P.copy_(ials_step(f.P, f.Q, mask, **hyper, blocks=blocks["users"]))
             f.Q.copy_(ials_step(f.Q, f.P, mask.T, **hyper, blocks=blocks["items"]))
-            return ials_objective(f.P, f.Q, mask, cfg.alpha0, cfg.reg, cfg.nu).item() / n_pairs
+            return ials_loss(f.P, f.Q, users, items, counts, cfg.alpha0, cfg.reg,
+                             cfg.nu).item() / n_pairs
 
         eval_fn = None if valid is None else ranking_eval_fn(self, valid, train, cfg.metric)
         result = fit_from_config(epoch, cfg, module=f, eval_fn=eval_fn, desc="iALS")

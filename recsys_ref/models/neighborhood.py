@@ -242,56 +242,146 @@ class KNNRating(Recommender):
         user_idx, item_idx = self._pairs(user_idx, item_idx)
         x_all, y_all = (user_idx, item_idx) if self.user_based else (item_idx, user_idx)
         out = torch.empty(len(x_all), dtype=torch.float64)
-        k = min(self.k, self.sim_.shape[0])
         for start in range(0, len(x_all), _CHUNK):
             x, y = x_all[start:start + _CHUNK], y_all[start:start + _CHUNK]
             sim = self.sim_[x].double()  # (c, n_x) similarities of each target to all x'
-            # candidates: rated by y and positively similar; the rest sort last as -inf
-            ok = self.mask_yx_[y] & (sim > 0)  # (c, n_x)
-            # topk, not a stable sort (7x slower): an exact tie at the k-th place is broken
-            # by topk's deterministic but unspecified rule
-            top = torch.where(ok, sim, float("-inf")).topk(k, dim=1)  # (c, k) best first
-            w = top.values.clamp(min=0)  # (c, k), 0 for missing neighbours (-inf -> 0)
-            used = top.values > 0  # (c, k) real neighbours
-            resid = self.resid_yx_[y].gather(1, top.indices)  # (c, k) r_yx' - b_yx'
-            num, den = (w * resid).sum(1), w.sum(1)  # (c,)
-            enough = (used.sum(1) >= self.min_k) & (den > 0)
-            base = self.base_yx_[y, x]  # (c,) b for the target pair
-            out[start:start + _CHUNK] = torch.where(
-                enough, base + num / den.clamp(min=1e-300), self.fallback_[y, x])
+            out[start:start + _CHUNK] = self._average(
+                sim, self.mask_yx_[y] & (sim > 0), self.resid_yx_[y],
+                self.base_yx_[y, x], self.fallback_[y, x])
+        return self._clip(out)
+
+    def score(self, user_idx) -> torch.Tensor:
+        """``(batch,) -> (batch, n_items)`` predicted ratings of every item.
+
+        :meth:`predict` on every pair, one user at a time: the k-NN queries of a user share
+        either their candidate neighbours (item-based: only the user's rated items are
+        ranked) or their similarity row (user-based: sorted once, ties by index). The
+        numbers are :meth:`predict`'s except where neighbours tie exactly at the k-th place,
+        which both break by a deterministic but unspecified rule.
+        """
+        users = self._users(user_idx)
+        out = torch.empty(len(users), self.n_items, dtype=torch.float64)
+        for b, u in enumerate(users.tolist()):
+            if self.user_based:
+                out[b] = self._score_user_based(u)
+                continue
+            # item-based: the neighbours of every item are among the user's rated items
+            cand = self.mask_yx_[u].nonzero()[:, 0]  # (L,)
+            sim = self.sim_[:, cand].double()  # (n_items, L)
+            resid = self.resid_yx_[u, cand].expand(self.n_items, len(cand))
+            out[b] = self._average(sim, sim > 0, resid, self.base_yx_[u], self.fallback_[u])
+        return self._clip(out)
+
+    def _score_user_based(self, u: int) -> torch.Tensor:
+        """``(n_items,)`` float64 predictions for user ``u``, user-based: the neighbours
+        v with ``s_uv > 0`` sorted once (similarity down, ties by index), then each item's
+        first ``k`` raters in that order."""
+        s = self.sim_[u].double()  # (n_users,)
+        pos = (s > 0).nonzero()[:, 0]
+        order = pos[s[pos].sort(descending=True, stable=True).indices]  # (P,)
+        rated = self.mask_yx_[:, order]  # (n_items, P) the item is rated by the neighbour
+        used = rated & (rated.cumsum(1) <= self.k)  # (n_items, P) its first k raters
+        w = used * s[order]  # (n_items, P)
+        num, den = (w * self.resid_yx_[:, order]).sum(1), w.sum(1)  # (n_items,)
+        enough = (used.sum(1) >= self.min_k) & (den > 0)
+        return torch.where(enough, self.base_yx_[:, u] + num / den.clamp(min=1e-300),
+                           self.fallback_[:, u]).double()
+
+    def _average(self, sim, ok, resid, base, fallback) -> torch.Tensor:
+        """The k-NN prediction of each row: ``(c, L)`` similarities of the candidate
+        neighbours, ``ok`` marking the usable ones, their residuals ``r - b``; ``(c,)``
+        baselines and fallbacks. Returns ``(c,)`` float64."""
+        k = min(self.k, sim.shape[1])
+        if k == 0:
+            return fallback.double()
+        # topk, not a stable sort (7x slower): an exact tie at the k-th place is broken
+        # by topk's deterministic but unspecified rule
+        top = torch.where(ok, sim, float("-inf")).topk(k, dim=1)  # (c, k) best first
+        w = top.values.clamp(min=0)  # (c, k), 0 for missing neighbours (-inf -> 0)
+        used = top.values > 0  # (c, k) real neighbours
+        num, den = (w * resid.gather(1, top.indices)).sum(1), w.sum(1)  # (c,)
+        enough = (used.sum(1) >= self.min_k) & (den > 0)
+        return torch.where(enough, base + num / den.clamp(min=1e-300), fallback).double()
+
+    def _clip(self, out: torch.Tensor) -> torch.Tensor:
         if self.rating_range is not None:
             out = out.clamp(*self.rating_range)
         return out.float()
 
-    def score(self, user_idx) -> torch.Tensor:
-        """``(batch,) -> (batch, n_items)`` predicted ratings of every item (slow: one k-NN
-        query per pair)."""
-        user_idx = self._users(user_idx)
-        users = user_idx.repeat_interleave(self.n_items)  # (batch * n_items,)
-        items = torch.arange(self.n_items).repeat(len(user_idx))
-        return self.predict(users, items).view(len(user_idx), self.n_items)
 
+def _keep_top_k(sim: torch.Tensor, k: int | None, out: torch.Tensor | None = None,
+                ) -> torch.Tensor:
+    """Zero all but the ``k`` largest entries of each row of ``sim`` (ties: lower index).
 
-def _keep_top_k(sim: torch.Tensor, k: int | None) -> torch.Tensor:
-    """Zero all but the ``k`` largest entries of each row of ``sim`` (ties: lower index)."""
-    if k is None or k >= sim.shape[1]:
-        return sim
-    # a stable sort, not topk: binary co-occurrence counts tie often, and the tie rule must
-    # be a documented one (lower index first) rather than whatever topk happens to return
-    idx = sim.sort(dim=1, descending=True, stable=True).indices[:, :k]  # (n, k)
-    return torch.zeros_like(sim).scatter_(1, idx, sim.gather(1, idx))
+    ``topk`` finds each row's k-th largest value; every entry above it is kept, and of the
+    entries equal to it the lowest-indexed ones fill the remaining places. That is the result
+    of a stable descending sort cut at ``k`` (the documented tie rule: binary co-occurrence
+    counts tie often), without sorting whole rows.
 
-
-def _binary_cosine(X: torch.Tensor, shrinkage: float) -> torch.Tensor:
-    """Cosine between the columns of a 0/1 matrix, shrunk in the denominator, zero diagonal.
-
-    .. math:: s_{ij} = \\frac{|U_i \\cap U_j|}{\\sqrt{|U_i|\\,|U_j|} + h}
+    Args:
+        sim: ``(n, c)`` values.
+        k: entries kept per row (``None``: all).
+        out: optional ``(n, c)`` tensor to write the result into.
     """
-    co = X.T @ X  # (n, n) co-occurrence counts
-    cnt = co.diagonal().clone()  # (n,) column counts
-    sim = co / ((cnt[:, None] * cnt[None, :]).sqrt() + shrinkage).clamp(min=1e-12)
-    sim.fill_diagonal_(0.0)  # an item is not its own neighbour (it would score seen items)
-    return sim
+    if k is None or k >= sim.shape[1]:
+        return sim if out is None else out.copy_(sim)
+    kth = sim.topk(k, dim=1).values[:, -1:]  # (n, 1) the k-th largest value of each row
+    keep = sim > kth  # (n, c)
+    tied = sim == kth
+    room = k - keep.sum(1)  # (n,) places left for entries equal to the k-th value
+    crowded = (tied.sum(1) > room).nonzero()[:, 0]  # rows with more ties than places
+    keep |= tied
+    if len(crowded):  # only there: the first `room` tied entries by index
+        t = tied[crowded]
+        keep[crowded] = (keep[crowded] & ~t) | (t & (t.cumsum(1) <= room[crowded, None]))
+    if out is None:
+        return torch.where(keep, sim, 0.0)
+    return out.copy_(sim).masked_fill_(~keep, 0.0)  # sim may be out itself
+
+
+def knn_cosine(X: torch.Tensor, shrinkage: float, k: int | None,
+               block_size: int | None = None) -> torch.Tensor:
+    """Binary cosine between the columns of a 0/1 matrix, each row pruned to its ``k`` best.
+
+    .. math:: s_{ij} = \\frac{|U_i \\cap U_j|}{\\sqrt{|U_i|\\,|U_j|} + h}, \\quad s_{ii} = 0
+
+    Counts in float32 (exact below 2**24), ratios in float64, the result in float32, by
+    blocks of ``block_size`` rows, each row keeping its ``k`` largest entries
+    (:func:`_keep_top_k`; ``None`` keeps all).
+
+    Args:
+        X: ``(m, n)`` 0/1 matrix (users x items for item similarities).
+        shrinkage: ``h >= 0``.
+        k: neighbours kept per row, or ``None``.
+        block_size: rows computed at once; default: about 2**20 entries per block (small
+            temporaries are reused by the allocator, large ones cost page faults each time).
+
+    Returns:
+        ``(n, n)`` float32; row ``i`` holds :math:`s_{ij}` for :math:`j \\in N^k(i)`.
+        See the chapter "Collaborative filtering".
+    """
+    X = X.float()
+    n = X.shape[1]
+    block_size = block_size or max(1, 2**20 // n)
+    cnt = X.sum(0).double()  # (n,) column counts
+    out = torch.empty(n, n)
+    # co-occurrence counts X^T X, symmetric: each block of rows is computed right of the
+    # diagonal only and mirrored, which halves the matrix products
+    for s in range(0, n, block_size):
+        e = min(s + block_size, n)
+        co = X[:, s:e].T @ X[:, s:]  # (b, n - s)
+        out[s:e, s:] = co
+        out[e:, s:e] = co[:, e - s:].T
+    # then, one block of rows at a time and in place: similarities, pruned to the top k
+    for s in range(0, n, block_size):
+        rows = torch.arange(s, min(s + block_size, n))  # (b,)
+        # the ratio in float64, exactly as (c_ij / (sqrt(c_i c_j) + h)): values that are equal
+        # there are equal here, and the tie rule decides which neighbours are kept
+        den = (cnt[rows, None] * cnt[None, :]).sqrt_().add_(shrinkage).clamp_(min=1e-12)
+        sim = out[s:s + len(rows)].double().div_(den)  # (b, n)
+        sim[torch.arange(len(rows)), rows] = 0.0  # not its own neighbour
+        _keep_top_k(sim, k, out=out[s:s + len(rows)])
+    return out
 
 
 class ItemKNN(Recommender):
@@ -327,9 +417,8 @@ class ItemKNN(Recommender):
         """Binarise ``train`` and build the pruned item-item similarity."""
         self._check_train(train)
         self.X_ = interaction_mask(train, self.n_users, self.n_items).float()  # (users, items)
-        sim = _binary_cosine(self.X_.double(), self.shrinkage)  # (items, items) symmetric
         # row i keeps N^k(i); score = X W with W[j, i] = s_ij for j in N^k(i)
-        self.W_ = _keep_top_k(sim, self.k).T.contiguous().float()  # (items, items)
+        self.W_ = knn_cosine(self.X_, self.shrinkage, self.k).T.contiguous()  # (items, items)
         return self
 
     def score(self, user_idx) -> torch.Tensor:
@@ -368,8 +457,7 @@ class UserKNN(Recommender):
         """Binarise ``train`` and build the pruned user-user similarity."""
         self._check_train(train)
         self.X_ = interaction_mask(train, self.n_users, self.n_items).float()  # (users, items)
-        sim = _binary_cosine(self.X_.T.double(), self.shrinkage)  # (users, users)
-        self.S_ = _keep_top_k(sim, self.k).float()  # row u keeps N^k(u)
+        self.S_ = knn_cosine(self.X_.T, self.shrinkage, self.k)  # (users, users), N^k(u)
         return self
 
     def score(self, user_idx) -> torch.Tensor:

@@ -1,0 +1,110 @@
+"""Fill Jupyter Book's execution cache with every chapter, ``--jobs`` chapters at a time.
+
+``make book`` runs this before ``jupyter-book build``: Jupyter Book executes notebooks one
+after another, but with its cache already holding every chapter the build only reads them
+back ("Using cached notebook"). The cache behaviour stays Jupyter Book's own: a chapter is
+looked up the way myst-nb looks it up (the same reader, the same jupyter-cache hash of its
+code cells), executed only when its code changed or it was never run, with the same
+working directory, timeout and error rule as the build, and stored the way myst-nb stores
+it. An unchanged book is therefore not executed again by either step.
+
+Usage: ``python tests/execute_chapters.py [BOOK_ROOT] [--jobs 2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+from jupyter_cache import get_cache
+from jupyter_cache.base import CacheBundleIn
+from jupyter_cache.executors.utils import single_nb_execution
+from myst_nb.core.read import read_myst_markdown_notebook
+from myst_parser.config.main import MdParserConfig
+
+
+def chapters(root: Path) -> list[Path]:
+    """The ``.md`` files listed in ``_toc.yml`` that have code cells, in book order."""
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries = [toc.get("root")] if toc.get("root") else []
+    for part in toc.get("parts", []):
+        entries += [c["file"] for c in part.get("chapters", [])]
+    entries += [c["file"] for c in toc.get("chapters", [])]
+    paths = [root / f"{e}.md" for e in entries if e]
+    return [p for p in paths if p.exists() and "```{code-cell}" in p.read_text()]
+
+
+def settings(root: Path) -> dict:
+    """The execution settings of ``_config.yml`` (with Jupyter Book's defaults)."""
+    book = yaml.safe_load((root / "_config.yml").read_text())
+    execute = book.get("execute", {}) or {}
+    cache = execute.get("cache") or str(root / "_build" / ".jupyter_cache")
+    extensions = (book.get("parse", {}) or {}).get("myst_enable_extensions", [])
+    return {"cache": cache, "timeout": execute.get("timeout", 30),
+            "allow_errors": bool(execute.get("allow_errors", False)),
+            "extensions": list(extensions)}
+
+
+def read(path: Path, config: dict):
+    """The notebook myst-nb builds from a MyST-markdown file (its reader, the book's MyST
+    extensions)."""
+    md = MdParserConfig(enable_extensions=set(config["extensions"]))
+    return read_myst_markdown_notebook(path.read_text(), md, add_source_map=True, path=path)
+
+
+def execute_one(path: str, config: dict) -> tuple[str, float, str | None]:
+    """Execute one chapter into the cache unless it is there already."""
+    cache = get_cache(config["cache"])
+    nb = read(Path(path), config)
+    try:
+        cache.match_cache_notebook(nb)
+        return path, 0.0, None  # unchanged since it was executed
+    except KeyError:
+        pass
+    result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=config["timeout"],
+                                 allow_errors=config["allow_errors"], meta_override=True)
+    if result.err is not None:
+        return path, result.time, result.exc_string
+    cache.cache_notebook_bundle(CacheBundleIn(nb, path, data={"execution_seconds": result.time}),
+                                check_validity=False, overwrite=True)
+    return path, result.time, None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", nargs="?", default=str(Path(__file__).resolve().parents[1]))
+    parser.add_argument("--jobs", type=int, default=2, help="chapters executed at once")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    config = settings(root)
+    cache = get_cache(config["cache"])  # created here, once, before the workers open it
+    # the longest chapter (by its last recorded run time) first, so that the lanes end
+    # together; the others in book order, so that a chapter reusing an earlier one's fits
+    # (recsys_ref.model_cache) usually starts after it
+    last = {r.uri: r.data.get("execution_seconds", 0) for r in cache.list_cache_records()}
+    todo = chapters(root)
+    longest = max(todo, key=lambda p: last.get(str(p)) or 0, default=None)
+    if longest is not None and last.get(str(longest)):
+        todo = [longest] + [p for p in todo if p != longest]
+    t0, failed = time.perf_counter(), []
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        jobs = [pool.submit(execute_one, str(p), config) for p in todo]
+        for job in jobs:
+            path, seconds, error = job.result()
+            name = Path(path).stem
+            if error:
+                failed.append(name)
+                print(f"{name}: FAILED after {seconds:.0f} s\n{error}", file=sys.stderr)
+            else:
+                print(f"{name}: " + (f"executed in {seconds:.0f} s" if seconds
+                                     else "unchanged, from the cache"))
+    print(f"{len(todo)} chapters in {time.perf_counter() - t0:.0f} s, {args.jobs} at a time")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
