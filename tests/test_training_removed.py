@@ -57,7 +57,7 @@ REMOVALS = {
     "EASE": ([("recsys_ref.models.ease.ease_weights",
                lambda X, lam: torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64))],
              [L.test_ease_learns_planted_groups]),
-    "BiasedMF (sgd)": (step("recsys_ref.models.mf"),
+    "BiasedMF (sgd)": ([("recsys_ref.models.mf.sgd_step", lambda *a, **k: 0.0)],
                        [partial(L.test_biased_mf_learns_planted_factors, "sgd")]),
     "BiasedMF (adam)": (step("recsys_ref.models.mf"),
                         [partial(L.test_biased_mf_learns_planted_factors, "adam")]),

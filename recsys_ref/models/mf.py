@@ -123,8 +123,7 @@ def sgd_step(factors: Factors, users, items, ratings, mu: float, reg: float, reg
 
     The same step as ``torch.optim.SGD`` on the autograd gradient of :func:`mf_objective`
     (Funk's update summed over the batch), without building a graph or a dense gradient:
-    with :math:`e_{ui}` the error and :math:`w_u = n_u^{
-u - 1}` the rating's share of the
+    with :math:`e_{ui}` the error and :math:`w_u = n_u^{\nu - 1}` the rating's share of the
     penalty,
 
     .. math::
