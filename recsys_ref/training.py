@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from recsys_ref import metrics
 from recsys_ref.checks import check_frame, check_positive_int
 from recsys_ref.matrix import column
+from recsys_ref.progress import progress_bar
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -174,7 +174,7 @@ def fit_epochs(
         raise ValueError("module must be given with eval_fn (its best state is restored)")
     result, best_state, bad_evals = FitResult(), None, 0
     start = time.perf_counter()
-    bar = tqdm(range(1, n_epochs + 1), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(1, n_epochs + 1), progress, desc=desc, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
         try:
