@@ -105,8 +105,8 @@ def cached_fit(model, train: pd.DataFrame, valid: pd.DataFrame | None = None, fo
         folder: the cache folder (default ``data_home() / "models"``).
 
     Returns:
-        The fitted model: ``model`` itself after a fit, or the copy read from the cache (a
-        different object). Its ``fit_seconds_`` is the wall time of the fit that produced
+        ``model`` itself after a fit, or the copy read from the cache (a different
+        object). Its ``fit_seconds_`` is the wall time of the fit that produced
         it, so a table of fit times reads the same whether or not the cache was used.
         See the chapter "Matrix factorization".
     """

@@ -19,7 +19,7 @@ COLUMNS = ["day", "user_idx", "new_visit", "kind", "position", "item_idx", "prop
 
 
 class Logger:
-    """Collects rows day by day; :meth:`frame` is the log so far.
+    """Collects rows day by day; ``frame()`` is the log so far.
 
     Args:
         propensities: record the serving policy's propensities (an off-policy gate needs them).

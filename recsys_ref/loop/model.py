@@ -62,7 +62,7 @@ class LoopModel:
     """Interface of a loop model: ``fit(interactions)``, ``scores(users, feedback)``.
 
     Attributes:
-        has_posterior: whether :meth:`posterior` exists (Thompson sampling and uncertainty
+        has_posterior: whether ``posterior()`` exists (Thompson sampling and uncertainty
             questions need it).
         trained_until: the first day whose logs the model has not seen (0: history only).
     """

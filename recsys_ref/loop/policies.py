@@ -14,7 +14,7 @@ distribution sums to one over :math:`R_j`, so importance weights
 * :class:`Greedy` is :math:`\varepsilon = 0`: deterministic, every propensity is 1, and no
   other policy can be evaluated from its logs.
 * :class:`EpsilonGreedy` mixes in a uniform draw with probability :math:`\varepsilon`
-  (as :class:`recsys_ref.bandits.EpsilonGreedy`, but over a model's scores for one user).
+  (as :class:`recsys_ref.bandits.policies.EpsilonGreedy`, but over a model's scores for one user).
 * :class:`Softmax` (Boltzmann exploration) draws position :math:`j` from
   :math:`\pi(i \mid u, R_j) \propto \exp(s_{ui} / \tau)` over :math:`R_j` (a Plackett-Luce
   slate): every item keeps a probability that falls smoothly with its score, so a successor

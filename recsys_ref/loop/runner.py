@@ -131,8 +131,9 @@ def window_values(world: World, log: pd.DataFrame, history: pd.DataFrame,
     simulator knows) is returned for checking the estimates.
 
     Returns:
-        ``{"rewards", "actions", "propensities": (n,), "dists": {name: (n, n_items)},
-        "q_hat": (n, n_items), "truth": {name: float}}``.
+        A dict of ``rewards``, ``actions``, ``propensities`` (each ``(n,)``), ``dists`` (policy
+        name to ``(n, n_items)``), ``q_hat`` (``(n, n_items)``) and ``truth`` (policy name to
+        its true value).
     """
     rows = log[(log["kind"] == "slate") & (log["day"] >= start) & (log["day"] < end)]
     if len(rows) == 0:

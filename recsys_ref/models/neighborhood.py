@@ -347,7 +347,7 @@ def knn_cosine(X: torch.Tensor, shrinkage: float, k: int | None,
 
     Counts in float32 (exact below 2**24), ratios in float64, the result in float32, by
     blocks of ``block_size`` rows, each row keeping its ``k`` largest entries
-    (:func:`_keep_top_k`; ``None`` keeps all).
+    (``_keep_top_k``; ``None`` keeps all).
 
     Args:
         X: ``(m, n)`` 0/1 matrix (users x items for item similarities).
