@@ -79,7 +79,7 @@ def check_scores(scores, name="scores"):
                          f"{scores.numel()}: the model diverged or was not trained")
 
 
-def rank_order(scores, relevance=None):
+def rank_order(scores, relevance=None, k=None):
     """Items in rank order under the book's one tie rule: best first, ties against relevance.
 
     Items are sorted by decreasing score. Among items with *equal* scores the less relevant
@@ -92,22 +92,61 @@ def rank_order(scores, relevance=None):
     Args:
         scores: float (n_users, n_items); ``-inf`` marks items that are not candidates.
         relevance: optional bool or float (n_users, n_items), the relevance (gain) of items.
+        k: return only the first ``k`` columns. With bool (or no) relevance this is a top-k
+            selection on one exact int64 key per item (:func:`rank_key`), linear in
+            ``n_items`` instead of a sort: the same items as the full order, much faster
+            on large catalogues.
     Returns:
-        long (n_users, n_items): item indices, best first. See the chapter
+        long (n_users, n_items) (or (n_users, k)): item indices, best first. See the chapter
         'Introduction and data'.
     """
     _check(scores, "scores", "a floating-point", ("n_users", "n_items"))
     if scores.isnan().any():
         raise ValueError("scores must not contain NaN")
-    if relevance is None:
-        return torch.sort(scores, dim=1, descending=True, stable=True).indices
-    if not isinstance(relevance, torch.Tensor) or relevance.shape != scores.shape:
+    if relevance is not None and (not isinstance(relevance, torch.Tensor)
+                                  or relevance.shape != scores.shape):
         raise ValueError(f"relevance must be a tensor of shape {tuple(scores.shape)}")
+    if k is not None and (relevance is None or relevance.dtype == torch.bool):
+        k = min(int(k), scores.shape[1])
+        return rank_key(scores, relevance).topk(k, dim=1).indices
+    if relevance is None:
+        out = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        return out if k is None else out[:, :k]
     # a stable sort by increasing relevance, then a stable sort by decreasing score: within
     # a group of equal scores the first sort's order (least relevant first) survives
     first = torch.sort(relevance.to(torch.float64), dim=1, stable=True).indices
     second = torch.sort(scores.gather(1, first), dim=1, descending=True, stable=True).indices
-    return first.gather(1, second)
+    out = first.gather(1, second)
+    return out if k is None else out[:, :k]
+
+
+def rank_key(scores, relevant=None):
+    """One int64 per item whose descending order *is* :func:`rank_order`'s (bool relevance).
+
+    Bits, high to low: the float32 score mapped to an order-preserving int32, then 1 for a
+    non-relevant item (ties go against relevance), then ``2**31 - 1 - item`` (ties go to the
+    lower index). Keys are distinct, so ``topk`` and counts on them need no tie handling: the
+    rank of an item is ``1 + (key > key_item).sum()``. Memory: one (n_users, n_items) int64.
+
+    Args:
+        scores: float (n_users, n_items), no NaN; ``-inf`` allowed.
+        relevant: optional bool (n_users, n_items).
+    Returns:
+        int64 (n_users, n_items).
+    """
+    n_items = scores.shape[1]
+    if n_items >= 2**31:
+        raise ValueError(f"rank_key supports fewer than 2**31 items, got {n_items}")
+    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    # negative floats order backwards as integers: flip their 31 value bits
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # (b, n_items)
+    key = ordered << 32  # (b, n_items)
+    key += 2**31 - 1 - torch.arange(n_items)  # lower index first among equals
+    if relevant is None:
+        key += 2**31
+    else:
+        key += (~relevant).long() << 31  # non-relevant before relevant among equal scores
+    return key
 
 
 # ----------------------------------------------------------------------------- top-K list metrics

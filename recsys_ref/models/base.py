@@ -97,7 +97,7 @@ class Recommender(RequiresFit):
             scores = scores.masked_fill(exclude[user_idx], float("-inf"))
         # ties go to the lower item index (:func:`recsys_ref.metrics.rank_order`), not to
         # whatever order ``topk`` happens to return
-        return rank_order(scores.float())[:, :k]
+        return rank_order(scores.float(), k=k)
 
     def _users(self, user_idx) -> torch.Tensor:
         user_idx = _tensor(user_idx)
