@@ -72,6 +72,8 @@ def check_scores(scores, name="scores"):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if not scores.dtype.is_floating_point:
         raise TypeError(f"{name} must have a floating-point dtype, got {scores.dtype}")
+    if scores.numel() and torch.isfinite(torch.stack(torch.aminmax(scores))).all():
+        return  # NaN propagates into min and max: one pass, no (n_users, n_items) bool
     bad = ~torch.isfinite(scores)
     if bad.any():
         n_nan = int(scores.isnan().sum())
@@ -92,61 +94,51 @@ def rank_order(scores, relevance=None, k=None):
     Args:
         scores: float (n_users, n_items); ``-inf`` marks items that are not candidates.
         relevance: optional bool or float (n_users, n_items), the relevance (gain) of items.
-        k: return only the first ``k`` columns. With bool (or no) relevance this is a top-k
-            selection on one exact int64 key per item (:func:`rank_key`), linear in
-            ``n_items`` instead of a sort: the same items as the full order, much faster
-            on large catalogues.
+        k: return only the first ``k`` columns, found by a top-k selection and a sort of a
+            few candidates (:func:`_top_k`) instead of a sort of every item: the same
+            items, much faster on large catalogues.
     Returns:
         long (n_users, n_items) (or (n_users, k)): item indices, best first. See the chapter
         'Introduction and data'.
     """
     _check(scores, "scores", "a floating-point", ("n_users", "n_items"))
-    if scores.isnan().any():
+    if scores.numel() and scores.amax().isnan():  # NaN propagates into the max
         raise ValueError("scores must not contain NaN")
     if relevance is not None and (not isinstance(relevance, torch.Tensor)
                                   or relevance.shape != scores.shape):
         raise ValueError(f"relevance must be a tensor of shape {tuple(scores.shape)}")
-    if k is not None and (relevance is None or relevance.dtype == torch.bool):
-        k = min(int(k), scores.shape[1])
-        return rank_key(scores, relevance).topk(k, dim=1).indices
+    if k is not None and k < scores.shape[1]:
+        return _top_k(scores, relevance, int(k))
     if relevance is None:
-        out = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        return out if k is None else out[:, :k]
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices
     # a stable sort by increasing relevance, then a stable sort by decreasing score: within
     # a group of equal scores the first sort's order (least relevant first) survives
     first = torch.sort(relevance.to(torch.float64), dim=1, stable=True).indices
     second = torch.sort(scores.gather(1, first), dim=1, descending=True, stable=True).indices
-    out = first.gather(1, second)
-    return out if k is None else out[:, :k]
+    return first.gather(1, second)
 
 
-def rank_key(scores, relevant=None):
-    """One int64 per item whose descending order *is* :func:`rank_order`'s (bool relevance).
+def _top_k(scores, relevance, k):
+    """The first ``k`` columns of :func:`rank_order` without sorting all items.
 
-    Bits, high to low: the float32 score mapped to an order-preserving int32, then 1 for a
-    non-relevant item (ties go against relevance), then ``2**31 - 1 - item`` (ties go to the
-    lower index). Keys are distinct, so ``topk`` and counts on them need no tie handling: the
-    rank of an item is ``1 + (key > key_item).sum()``. Memory: one (n_users, n_items) int64.
-
-    Args:
-        scores: float (n_users, n_items), no NaN; ``-inf`` allowed.
-        relevant: optional bool (n_users, n_items).
-    Returns:
-        int64 (n_users, n_items).
+    ``topk`` picks the ``m = 4k`` (at least ``k + 16``) best scores; when the k-th best score
+    is strictly above the m-th, every item that can reach the top k is among those m, so
+    sorting them by item index and applying the full rule to the ``(b, m)`` block is exact.
+    Rows where ties reach past the m-th place (a constant scorer) take the full sort.
     """
-    n_items = scores.shape[1]
-    if n_items >= 2**31:
-        raise ValueError(f"rank_key supports fewer than 2**31 items, got {n_items}")
-    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
-    # negative floats order backwards as integers: flip their 31 value bits
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()  # (b, n_items)
-    key = ordered << 32  # (b, n_items)
-    key += 2**31 - 1 - torch.arange(n_items)  # lower index first among equals
-    if relevant is None:
-        key += 2**31
-    else:
-        key += (~relevant).long() << 31  # non-relevant before relevant among equal scores
-    return key
+    n = scores.shape[1]
+    m = min(n, max(4 * k, k + 16))
+    values, idx = scores.topk(m, dim=1)  # (b, m), best first in some tie order
+    idx = idx.sort(dim=1).values  # (b, m) ascending item index: the rule's last tie-break
+    rel = None if relevance is None else relevance.gather(1, idx)
+    top = idx.gather(1, rank_order(scores.gather(1, idx), rel)[:, :k])  # (b, k)
+    if m < n:
+        tied = values[:, k - 1] <= values[:, m - 1]  # (b,) ties cross the m-th place
+        if tied.any():
+            rows = tied.nonzero().squeeze(1)
+            full = rank_order(scores[rows], None if relevance is None else relevance[rows])
+            top[rows] = full[:, :k]
+    return top
 
 
 # ----------------------------------------------------------------------------- top-K list metrics

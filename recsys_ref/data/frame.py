@@ -107,7 +107,7 @@ class Interactions:
 
 
 def _lookup(index: pd.Index, raw, what: str) -> np.ndarray:
-    raw = np.atleast_1d(np.asarray(raw, dtype=index.dtype if index.dtype != object else None))
+    raw = pd.Index(np.atleast_1d(np.asarray(raw)))
     pos = index.get_indexer(raw)
     if (pos < 0).any():
         unknown = raw[pos < 0][:5].tolist()
