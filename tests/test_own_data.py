@@ -347,3 +347,17 @@ def test_power_law_log_is_seeded_distinct_and_long_tailed():
     assert pop[:10].sum() > 10 * pop[len(pop) // 2:].mean() * 10  # a head far above the tail
     with pytest.raises(ValueError, match="multiple of n_clusters"):
         power_law_log(10, 7, 5, n_clusters=2)
+
+
+def test_sparse_ials_equals_ials_fit():
+    from recsys_ref.models.ials import IALS
+    from recsys_ref.scale import fit_ials_sparse
+    log = power_law_log(200, 150, 3000, n_clusters=10, seed=4)
+    kw = dict(n_factors=8, n_epochs=4, reg=0.01, alpha0=0.3)
+    a = IALS(200, 150, **kw).fit(log)
+    b = fit_ials_sparse(log, 200, 150, **kw)
+    users = torch.arange(200)
+    assert torch.allclose(a.score(users), b.score(users), atol=1e-4)
+    assert len(b.history_) == 4
+    with pytest.raises(ValueError, match="cholesky"):
+        fit_ials_sparse(log, 200, 150, solver="cg")
