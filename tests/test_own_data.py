@@ -361,3 +361,16 @@ def test_sparse_ials_equals_ials_fit():
     assert len(b.history_) == 4
     with pytest.raises(ValueError, match="cholesky"):
         fit_ials_sparse(log, 200, 150, solver="cg")
+
+
+def test_recommend_excludes_from_a_sparse_structure_as_from_a_dense_mask():
+    from recsys_ref.matrix import interaction_mask
+    log = power_law_log(300, 200, 6000, n_clusters=10, seed=3)
+    m = _Dot(300, 200, levels=1.0)  # coarse scores: ties broken by item index either way
+    users = torch.arange(0, 300, 7)
+    sparse = m.recommend(users, 10, exclude=UserItems(log, 300, 200))
+    dense = m.recommend(users, 10, exclude=interaction_mask(log, 300, 200))
+    assert torch.equal(sparse, dense)
+    assert not UserItems(log, 300, 200).contains(users[:, None], sparse).any()
+    with pytest.raises(ValueError, match="sizes"):
+        m.recommend(users, 10, exclude=UserItems(log, 300, 201))
