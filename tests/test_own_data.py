@@ -374,3 +374,14 @@ def test_recommend_excludes_from_a_sparse_structure_as_from_a_dense_mask():
     assert not UserItems(log, 300, 200).contains(users[:, None], sparse).any()
     with pytest.raises(ValueError, match="sizes"):
         m.recommend(users, 10, exclude=UserItems(log, 300, 201))
+
+
+def test_encode_maps_a_new_frame_and_rejects_unknown_ids():
+    ds = from_frame(_log(), "who", "what", "stars")
+    test = pd.DataFrame({"user_id": ["user-001", ds.user_ids[3]],
+                         "item_id": [ds.item_ids[0], ds.item_ids[2]]})
+    enc = ds.encode(test)
+    assert enc["user_idx"].tolist() == [ds.user_index(["user-001"])[0], 3]
+    assert enc["item_idx"].tolist() == [0, 2]
+    with pytest.raises(KeyError, match="1 item id"):
+        ds.encode(test.assign(item_id=[ds.item_ids[0], 123]))
