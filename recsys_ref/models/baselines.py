@@ -14,7 +14,7 @@ from recsys_ref.checks import (
     check_rating_range,
     resolve_rating_range,
 )
-from recsys_ref.matrix import interaction_mask, rating_matrix
+from recsys_ref.matrix import column, interaction_mask, rating_matrix
 from recsys_ref.models.base import Recommender
 
 RATING_COLUMNS = ["user_idx", "item_idx", "rating"]
@@ -108,7 +108,8 @@ class Popularity(Recommender):
     def fit(self, train: pd.DataFrame) -> Popularity:
         """Count the distinct users of each item."""
         self._check_train(train)
-        self.counts_ = interaction_mask(train, self.n_users, self.n_items).sum(0).float()
+        # pairs are distinct (checked), so the rows of an item are its distinct users
+        self.counts_ = torch.bincount(column(train, "item_idx"), minlength=self.n_items).float()
         return self
 
     def score(self, user_idx) -> torch.Tensor:
