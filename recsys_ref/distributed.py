@@ -18,7 +18,6 @@ See the appendix "Your own data, at scale".
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import tempfile
 import time
@@ -188,5 +187,5 @@ def main(argv=None) -> None:
         dist.destroy_process_group()
 
 
-if __name__ == "__main__" and "RANK" in os.environ:
+if __name__ == "__main__":
     main()

@@ -1,10 +1,13 @@
 """Data-parallel BPR (recsys_ref.distributed): 2 gloo processes against 1, same seed and
 global batch; the sparse negative sampler against the dense one."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from recsys_ref.distributed import fit_bpr_distributed, sample_negatives_sparse
+from recsys_ref.distributed import _pairs, fit_bpr_distributed, sample_negatives_sparse
 from recsys_ref.matrix import UserItems, interaction_mask
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.scale import power_law_log
@@ -52,3 +55,20 @@ def test_two_processes_equal_one(log):
     assert two.history_["loss"].tolist() == pytest.approx(one.history_["loss"].tolist(), rel=1e-5)
     scores = two.score(torch.arange(300))
     assert scores.shape == (300, 200) and torch.isfinite(scores).all()
+
+
+def test_torchrun_entry_point_equals_one_process(log, tmp_path):
+    users, items = _pairs(log, 300, 200)
+    torch.save({"users": users, "items": items, "n_users": 300, "n_items": 200},
+               tmp_path / "pairs.pt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "-m", "recsys_ref.distributed", str(tmp_path / "pairs.pt"), str(tmp_path / "out.pt"),
+         "--n-factors", "8", "--n-epochs", "2", "--batch-size", "256", "--lr", "0.01",
+         "--seed", "4"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = torch.load(tmp_path / "out.pt", weights_only=False)
+    one = fit_bpr_distributed(log, 300, 200, world_size=1, n_factors=8, n_epochs=2,
+                              batch_size=256, lr=0.01, seed=4)
+    assert (one.factors_.Q - out["state"]["Q"]).abs().max() < 1e-4
+    assert len(out["history"]) == 2
