@@ -87,26 +87,33 @@ def evaluate_ranking(
     seen = UserItems(exclude, n_users, n_items, "exclude")
     users = torch.nonzero(relevant.counts() > 0).squeeze(1)
     kmax = max(ks)
-    hits_all, lists, first_rank, n_rel = [], [], [], []
-    for start in range(0, len(users), batch_size):
+    # outputs allocated once, before the loop: small per-batch results kept alive between
+    # the large transient blocks would fragment the heap and grow memory with every batch
+    n_eval = len(users)
+    hits_all = torch.zeros(n_eval, kmax, dtype=torch.bool)  # hits in rank order
+    top = torch.zeros(n_eval, kmax, dtype=torch.long)  # the lists users would see
+    first_rank = torch.zeros(n_eval, dtype=torch.long)  # 1-based rank of the first hit
+    n_rel = torch.zeros(n_eval, dtype=torch.long)
+    for start in range(0, n_eval, batch_size):
         u = users[start:start + batch_size]
+        out_rows = slice(start, start + len(u))
         rel, mask = relevant.rows(u), seen.rows(u)  # (b, n_items) each
         if (rel & mask).any():
             raise ValueError("test shares (user, item) pairs with exclude: they would be masked")
         scores = _scores(model, u).masked_fill(mask, float("-inf"))  # (b, n_items)
         del mask
-        top = metrics.rank_order(scores, rel, k=kmax)  # (b, kmax): a top-k, not a sort
-        hits_all.append(rel.gather(1, top))  # (b, kmax) hits in rank order
+        ranked = metrics.rank_order(scores, rel, k=kmax)  # (b, kmax): a top-k, not a sort
+        hits_all[out_rows] = rel.gather(1, ranked)
         # rank of the first hit under the tie rule: items scoring above the best relevant
         # item, plus the non-relevant ones tied with it, come first
         best = scores.masked_fill(~rel, float("-inf")).amax(1, keepdim=True)  # (b, 1)
         # (bool -> float32 sums: exact below 2**24 items, and far faster than bool sums)
         ahead = (scores > best).float().sum(1) + ((scores == best) & ~rel).float().sum(1)
-        first_rank.append(1 + ahead.long())
-        lists.append(metrics.rank_order(scores, k=kmax))  # the list a user would see
-        n_rel.append(rel.float().sum(1).long())
-    hits_all, top, n_rel = torch.cat(hits_all), torch.cat(lists), torch.cat(n_rel)
-    rows = {"user_idx": users.numpy(), "MRR": (1.0 / torch.cat(first_rank).float()).numpy()}
+        first_rank[out_rows] = 1 + ahead.long()
+        top[out_rows] = metrics.rank_order(scores, k=kmax)
+        n_rel[out_rows] = rel.float().sum(1).long()
+        del scores, rel, ranked, best, ahead
+    rows = {"user_idx": users.numpy(), "MRR": (1.0 / first_rank.float()).numpy()}
     out = {}
     for k in ks:
         hits = hits_all[:, :k]

@@ -385,3 +385,19 @@ def test_encode_maps_a_new_frame_and_rejects_unknown_ids():
     assert enc["item_idx"].tolist() == [0, 2]
     with pytest.raises(KeyError, match="1 item id"):
         ds.encode(test.assign(item_id=[ds.item_ids[0], 123]))
+
+
+def test_evaluation_memory_does_not_grow_with_the_number_of_users():
+    """Blocks under glibc's 32 MB mmap threshold live on the heap: results kept per batch
+    between them used to fragment it, adding a block's worth of memory per batch."""
+    n_users, n_items = 6_000, 30_000
+    log = power_law_log(n_users, n_items, 120_000, n_clusters=10, seed=1)
+    train, _, test = leave_last_out(log)
+    m = _Dot(n_users, n_items, d=8)
+    peaks = []
+    for n in (1_500, 6_000):
+        part = test[test["user_idx"] < n]
+        _, _, peak = measure(lambda part=part: evaluate_ranking(m, part, train, batch_size=256))
+        peaks.append(peak)
+    # 4x the users (18 more batches of 31 MB float blocks): at most 60 MB more at the peak
+    assert peaks[1] < peaks[0] + 60e6, peaks
