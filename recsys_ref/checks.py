@@ -59,7 +59,8 @@ def check_interactions(df, name: str, n_users: int, n_items: int,
         name: its name in error messages.
         n_users, n_items: the model's sizes.
         columns: the columns the model reads (``user_idx`` and ``item_idx`` always).
-        rating_range: the ``(low, high)`` scale ratings must lie in (``None``: not checked).
+        rating_range: the ``(low, high)`` scale ratings must lie in (``None`` or ``"train"``,
+            a range taken from the data itself: not checked).
         unique: reject repeated pairs; sequence models pass ``False``, since a repeated item
             in a history is a second event, not a second rating of the same thing.
     """
@@ -67,7 +68,7 @@ def check_interactions(df, name: str, n_users: int, n_items: int,
     check_frame(df, name, columns)
     check_index(df["user_idx"].to_numpy(), f"{name}.user_idx", n_users)
     check_index(df["item_idx"].to_numpy(), f"{name}.item_idx", n_items)
-    if rating_range is not None and "rating" in columns:
+    if rating_range not in (None, TRAIN_RANGE) and "rating" in columns:
         low, high = rating_range
         r = df["rating"].to_numpy()
         if r.min() < low or r.max() > high:
@@ -110,10 +111,14 @@ def check_k(k, n_items: int, name: str = "k") -> int:
     return int(k)
 
 
-def check_rating_range(rating_range) -> tuple[float, float] | None:
-    """Check an optional ``(low, high)`` clipping range with ``low <= high``."""
-    if rating_range is None:
-        return None
+TRAIN_RANGE = "train"
+
+
+def check_rating_range(rating_range) -> tuple[float, float] | str | None:
+    """Check a clipping range: ``(low, high)`` with ``low <= high``, ``None`` (no clipping) or
+    ``"train"`` (the training ratings' own min and max, see :func:`resolve_rating_range`)."""
+    if rating_range is None or (isinstance(rating_range, str) and rating_range == TRAIN_RANGE):
+        return rating_range
     try:
         low, high = (float(v) for v in rating_range)
     except (TypeError, ValueError):
@@ -122,6 +127,16 @@ def check_rating_range(rating_range) -> tuple[float, float] | None:
     if not low <= high:
         raise ValueError(f"rating_range must have low <= high, got {rating_range!r}")
     return low, high
+
+
+def resolve_rating_range(rating_range, ratings) -> tuple[float, float] | None:
+    """The clipping range a model fitted on ``ratings`` uses: their ``(min, max)`` for
+    ``"train"`` (a 0.5-5 half-star scale stays 0.5-5, MovieLens-100K's stays 1-5), otherwise
+    ``rating_range`` itself (checked against the data by :func:`check_interactions`)."""
+    if isinstance(rating_range, str) and rating_range == TRAIN_RANGE:
+        r = np.asarray(ratings, dtype=np.float64)
+        return float(r.min()), float(r.max())
+    return rating_range
 
 
 def check_nonnegative(value, name: str) -> float:

@@ -71,11 +71,40 @@ class UserItems:
             items.append(column(df, "item_idx"))
         u = torch.cat(users) if users else torch.zeros(0, dtype=torch.long)
         i = torch.cat(items) if items else torch.zeros(0, dtype=torch.long)
+        self._build(u, i, n_users, n_items)
+
+    @classmethod
+    def from_pairs(cls, users: torch.Tensor, items: torch.Tensor, n_users: int,
+                   n_items: int) -> UserItems:
+        """From ``(nnz,)`` long tensors of users and items (already checked)."""
+        out = cls.__new__(cls)
+        out._build(users, items, n_users, n_items)
+        return out
+
+    def _build(self, u, i, n_users, n_items):
         order = torch.argsort(u, stable=True)
-        self.n_users, self.n_items = n_users, n_items
+        self.n_users, self.n_items, self._keys = n_users, n_items, None
         self.items = i[order]  # (nnz,) items grouped by user
         counts = torch.bincount(u, minlength=n_users)  # (n_users,)
         self.indptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+
+    def keys(self) -> torch.Tensor:
+        """``(nnz,)`` sorted ``user * n_items + item`` of every stored pair (computed once)."""
+        if self._keys is None:
+            user = torch.repeat_interleave(torch.arange(self.n_users), self.counts())  # (nnz,)
+            self._keys = torch.sort(user * self.n_items + self.items).values
+        return self._keys
+
+    def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """bool of ``items``' shape: whether ``users`` (broadcast against ``items``) have
+        them; a binary search among the stored pairs, ``O(log nnz)`` per query and no
+        ``(n_users, n_items)`` mask."""
+        keys = self.keys()
+        if len(keys) == 0:
+            return torch.zeros(items.shape, dtype=torch.bool)
+        q = users * self.n_items + items  # broadcast: the queried pairs' keys
+        pos = torch.searchsorted(keys, q.reshape(-1)).clamp(max=len(keys) - 1)
+        return (keys[pos] == q.reshape(-1)).reshape(q.shape)
 
     def counts(self) -> torch.Tensor:
         """``(n_users,)`` number of (possibly repeated) pairs per user."""

@@ -74,6 +74,8 @@ def check_scores(scores, name="scores", allow_minus_inf=False):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
     if not scores.dtype.is_floating_point:
         raise TypeError(f"{name} must have a floating-point dtype, got {scores.dtype}")
+    if scores.numel() and torch.isfinite(torch.stack(torch.aminmax(scores))).all():
+        return  # NaN propagates into min and max: one pass, no (n_users, n_items) bool
     bad = ~torch.isfinite(scores)
     if allow_minus_inf:
         bad &= scores != float("-inf")
@@ -83,7 +85,7 @@ def check_scores(scores, name="scores", allow_minus_inf=False):
                          f"{scores.numel()}: the model diverged or was not trained")
 
 
-def rank_order(scores, relevance=None):
+def rank_order(scores, relevance=None, k=None):
     """Items in rank order under the book's one tie rule: best first, ties against relevance.
 
     Items are sorted by decreasing score. Among items with *equal* scores the less relevant
@@ -96,22 +98,51 @@ def rank_order(scores, relevance=None):
     Args:
         scores: float (n_users, n_items); ``-inf`` marks items that are not candidates.
         relevance: optional bool or float (n_users, n_items), the relevance (gain) of items.
+        k: return only the first ``k`` columns, found by a top-k selection and a sort of a
+            few candidates (``_top_k``) instead of a sort of every item: the same
+            items, much faster on large catalogues.
     Returns:
-        long (n_users, n_items), item indices, best first. See the chapter
-        'Introduction and data'.
+        long (n_users, n_items), or (n_users, k) with ``k``, item indices, best first. See
+        the chapter 'Introduction and data'.
     """
     _check(scores, "scores", "a floating-point", ("n_users", "n_items"))
-    if scores.isnan().any():
+    if scores.numel() and scores.amax().isnan():  # NaN propagates into the max
         raise ValueError("scores must not contain NaN")
+    if relevance is not None and (not isinstance(relevance, torch.Tensor)
+                                  or relevance.shape != scores.shape):
+        raise ValueError(f"relevance must be a tensor of shape {tuple(scores.shape)}")
+    if k is not None and k < scores.shape[1]:
+        return _top_k(scores, relevance, int(k))
     if relevance is None:
         return torch.sort(scores, dim=1, descending=True, stable=True).indices
-    if not isinstance(relevance, torch.Tensor) or relevance.shape != scores.shape:
-        raise ValueError(f"relevance must be a tensor of shape {tuple(scores.shape)}")
     # a stable sort by increasing relevance, then a stable sort by decreasing score: within
     # a group of equal scores the first sort's order (least relevant first) survives
     first = torch.sort(relevance.to(torch.float64), dim=1, stable=True).indices
     second = torch.sort(scores.gather(1, first), dim=1, descending=True, stable=True).indices
     return first.gather(1, second)
+
+
+def _top_k(scores, relevance, k):
+    """The first ``k`` columns of :func:`rank_order` without sorting all items.
+
+    ``topk`` picks the ``m = 4k`` (at least ``k + 16``) best scores; when the k-th best score
+    is strictly above the m-th, every item that can reach the top k is among those m, so
+    sorting them by item index and applying the full rule to the ``(b, m)`` block is exact.
+    Rows where ties reach past the m-th place (a constant scorer) take the full sort.
+    """
+    n = scores.shape[1]
+    m = min(n, max(4 * k, k + 16))
+    values, idx = scores.topk(m, dim=1)  # (b, m), best first in some tie order
+    idx = idx.sort(dim=1).values  # (b, m) ascending item index: the rule's last tie-break
+    rel = None if relevance is None else relevance.gather(1, idx)
+    top = idx.gather(1, rank_order(scores.gather(1, idx), rel)[:, :k])  # (b, k)
+    if m < n:
+        tied = values[:, k - 1] <= values[:, m - 1]  # (b,) ties cross the m-th place
+        if tied.any():
+            rows = tied.nonzero().squeeze(1)
+            full = rank_order(scores[rows], None if relevance is None else relevance[rows])
+            top[rows] = full[:, :k]
+    return top
 
 
 # ----------------------------------------------------------------------------- top-K list metrics

@@ -134,19 +134,21 @@ def test_training_stops_on_a_non_finite_loss():
 # ----------------------------------------------------------------------------- bad numbers in
 
 
-@pytest.mark.parametrize("make", [
-    lambda: GlobalMean(8, 10), lambda: BiasBaseline(8, 10), lambda: BiasedMF(8, 10),
-    lambda: BiasedMF(8, 10, solver="adam"), lambda: KNNRating(8, 10),
-    lambda: AutoRec(8, 10, n_epochs=1)])
-def test_non_finite_and_out_of_scale_ratings_are_rejected(make):
+@pytest.mark.parametrize("cls, kw", [
+    (GlobalMean, {}), (BiasBaseline, {}), (BiasedMF, {}), (BiasedMF, {"solver": "adam"}),
+    (KNNRating, {}), (AutoRec, {"n_epochs": 1})])
+def test_non_finite_and_out_of_scale_ratings_are_rejected(cls, kw):
     df = ratings()
     bad = df.assign(rating=df["rating"].where(df.index != 3, math.inf))
     with pytest.raises(ValueError, match="non-finite"):
-        make().fit(bad)
-    if not isinstance(make(), GlobalMean):  # the models with a rating scale
+        cls(8, 10, **kw).fit(bad)
+    if cls is not GlobalMean:  # the models with a rating scale
+        # the default takes the scale from the training ratings; an explicit one is checked
         huge = df.assign(rating=df["rating"].where(df.index != 3, 1e30))
         with pytest.raises(ValueError, match="rating scale"):
-            make().fit(huge)
+            cls(8, 10, rating_range=(1, 5), **kw).fit(huge)
+        seven = df.assign(rating=df["rating"].where(df.index != 3, 7.0))
+        assert cls(8, 10, **kw).fit(seven).rating_range_ == (df["rating"].min(), 7.0)
 
 
 def test_fractional_and_negative_ids_are_rejected_where_ids_enter():

@@ -1,13 +1,16 @@
-"""Data sets of the book: MovieLens-100K and the Open Bandit Dataset sample.
+"""Data sets of the book (MovieLens-100K, the Open Bandit Dataset sample) and the reader's own:
+any frame (:func:`from_frame`) or file (:func:`read_movielens`, :func:`read_interactions`).
 
 See the chapter "Introduction and data".
 """
 
 from recsys_ref.data.cache import DataUnavailableError, data_home
+from recsys_ref.data.frame import Interactions, from_frame
 from recsys_ref.data.movielens import GENRES, MovieLens, load_movielens100k
 from recsys_ref.data.open_bandit import load_open_bandit
+from recsys_ref.data.readers import read_interactions, read_movielens
 
 __all__ = [
-    "GENRES", "DataUnavailableError", "MovieLens", "data_home", "load_movielens100k",
-    "load_open_bandit",
+    "GENRES", "DataUnavailableError", "Interactions", "MovieLens", "data_home", "from_frame",
+    "load_movielens100k", "load_open_bandit", "read_interactions", "read_movielens",
 ]

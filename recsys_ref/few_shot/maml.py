@@ -30,7 +30,12 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from recsys_ref import metrics
-from recsys_ref.checks import check_frame, check_positive_int, check_rating_range
+from recsys_ref.checks import (
+    check_frame,
+    check_positive_int,
+    check_rating_range,
+    resolve_rating_range,
+)
 from recsys_ref.features import Features
 from recsys_ref.few_shot.base import FewShotRecommender
 from recsys_ref.few_shot.rating_net import RatingNet
@@ -101,7 +106,8 @@ class MAMLConfig:
     meta_batch: int = 32  # tasks per outer step
     lr: float = 3e-3  # beta, Adam's global step size
     weight_decay: float = 0.0  # AdamW's decoupled weight decay of the global parameters
-    rating_range: tuple[float, float] | None = (1.0, 5.0)  # clip predictions; None: no clip
+    # clip predictions: "train" = the training ratings' min..max; (low, high); None: no clip
+    rating_range: tuple[float, float] | str | None = "train"
     n_epochs: int = 30  # maximum epochs (one epoch: every meta-train user once as a task)
     patience: int | None = 3  # evaluations without improvement before stopping (with valid)
     eval_every: int = 1  # epochs between validation evaluations
@@ -196,6 +202,7 @@ class MAML(FewShotRecommender):
         the validation users' query RMSE."""
         cfg = self.config
         check_frame(train, "train", ["user_idx", "item_idx", "rating", "timestamp"])
+        self.rating_range_ = resolve_rating_range(cfg.rating_range, train["rating"])
         gen = seed_everything(cfg.seed)
         self.net_ = RatingNet(self.user_features, self.item_features, self.n_items, cfg.dim,
                               cfg.hidden, float(train["rating"].mean()), cfg.use_item_ids,
@@ -277,7 +284,7 @@ class MAML(FewShotRecommender):
                 return functional_call(self.net_, p, (user.expand(len(items)), items))
 
             out.append(vmap(score)(fast, u))  # (b, n_items)
-        rr = self.config.rating_range
+        rr = self.rating_range_
         return torch.cat(out) if rr is None else torch.cat(out).clamp(*rr)
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recsys_ref.checks import check_config, check_rating_range
+from recsys_ref.checks import check_config, check_rating_range, resolve_rating_range
 from recsys_ref.matrix import column, interaction_mask, rating_matrix
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
@@ -108,7 +108,8 @@ class AutoRecConfig:
     batch_size: int = 128  # items per minibatch (adam only)
     patience: int | None = 20  # evaluations without improvement before stopping (with valid)
     eval_every: int = 1  # epochs between validation evaluations
-    rating_range: tuple[float, float] | None = (1.0, 5.0)  # clip predictions; None: no clip
+    # clip predictions: "train" = the training ratings' min..max; (low, high); None: no clip
+    rating_range: tuple[float, float] | str | None = "train"
     seed: int = 0
     progress: bool = False  # tqdm progress bar
 
@@ -155,6 +156,7 @@ class AutoRec(ConfiguredRecommender):
         """Fit on ``train``; early-stop on the RMSE of ``valid`` if given."""
         cfg = self.config
         self._check_train(train, RATING_COLUMNS, rating_range=self.config.rating_range)
+        self.rating_range_ = resolve_rating_range(self.config.rating_range, train["rating"])
         self._pairs(column(train, "user_idx"), column(train, "item_idx"))  # index checks
         R = rating_matrix(train, self.n_users, self.n_items).T.contiguous()  # (n_items, n_users)
         M = interaction_mask(train, self.n_users, self.n_items).T.contiguous()
@@ -212,7 +214,7 @@ class AutoRec(ConfiguredRecommender):
         return self._recon
 
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        rr = self.config.rating_range
+        rr = self.rating_range_
         return x if rr is None else x.clamp(*rr)
 
     @torch.no_grad()

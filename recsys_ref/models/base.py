@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import check_index, check_interactions, check_k
+from recsys_ref.matrix import UserItems
 from recsys_ref.metrics import rank_order
 
 
@@ -84,20 +85,27 @@ class Recommender(RequiresFit):
         Args:
             user_idx: users to recommend for.
             k: list length, ``1 <= k <= n_items``.
-            exclude: optional ``(n_users, n_items)`` bool mask of items never to recommend
-                (usually the training interactions, see :func:`recsys_ref.matrix.interaction_mask`).
+            exclude: optional items never to recommend (usually the training interactions):
+                a :class:`recsys_ref.matrix.UserItems` (sparse: only this batch's rows are
+                built), or a ``(n_users, n_items)`` bool mask
+                (:func:`recsys_ref.matrix.interaction_mask`).
         """
         k = check_k(k, self.n_items)
         user_idx = self._users(user_idx)
         scores = self.score(user_idx)  # (batch, n_items)
-        if exclude is not None:
+        if isinstance(exclude, UserItems):
+            if (exclude.n_users, exclude.n_items) != (self.n_users, self.n_items):
+                raise ValueError(f"exclude has sizes ({exclude.n_users}, {exclude.n_items}), "
+                                 f"the model ({self.n_users}, {self.n_items})")
+            scores = scores.masked_fill(exclude.rows(user_idx), float("-inf"))
+        elif exclude is not None:
             if exclude.shape != (self.n_users, self.n_items) or exclude.dtype != torch.bool:
                 raise ValueError(f"exclude must be a bool tensor of shape "
                                  f"({self.n_users}, {self.n_items}), got {tuple(exclude.shape)}")
             scores = scores.masked_fill(exclude[user_idx], float("-inf"))
         # ties go to the lower item index (:func:`recsys_ref.metrics.rank_order`), not to
         # whatever order ``topk`` happens to return
-        return rank_order(scores.float())[:, :k]
+        return rank_order(scores.float(), k=k)
 
     def _users(self, user_idx) -> torch.Tensor:
         user_idx = _tensor(user_idx)

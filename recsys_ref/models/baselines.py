@@ -12,8 +12,9 @@ from recsys_ref.checks import (
     check_nonnegative,
     check_positive_int,
     check_rating_range,
+    resolve_rating_range,
 )
-from recsys_ref.matrix import interaction_mask, rating_matrix
+from recsys_ref.matrix import column, interaction_mask, rating_matrix
 from recsys_ref.models.base import Recommender
 
 RATING_COLUMNS = ["user_idx", "item_idx", "rating"]
@@ -107,7 +108,8 @@ class Popularity(Recommender):
     def fit(self, train: pd.DataFrame) -> Popularity:
         """Count the distinct users of each item."""
         self._check_train(train)
-        self.counts_ = interaction_mask(train, self.n_users, self.n_items).sum(0).float()
+        # pairs are distinct (checked), so the rows of an item are its distinct users
+        self.counts_ = torch.bincount(column(train, "item_idx"), minlength=self.n_items).float()
         return self
 
     def score(self, user_idx) -> torch.Tensor:
@@ -134,14 +136,14 @@ class BiasBaseline(Recommender):
         reg_i: item-bias penalty ``lambda_i`` (default 10).
         reg_u: user-bias penalty ``lambda_u`` (default 15).
         n_iters: number of alternating sweeps (default 10).
-        rating_range: predictions are clipped to this ``(low, high)`` range (default
-            ``(1, 5)``, MovieLens' scale); ``None`` disables clipping.
+        rating_range: predictions are clipped to this ``(low, high)`` range; ``"train"``
+            (default) takes the training ratings' min and max; ``None`` disables clipping.
 
     See the chapter "Collaborative filtering".
     """
 
     def __init__(self, n_users: int, n_items: int, reg_i: float = 10.0, reg_u: float = 15.0,
-                 n_iters: int = 10, rating_range: tuple[float, float] | None = (1.0, 5.0)):
+                 n_iters: int = 10, rating_range: tuple[float, float] | str | None = "train"):
         super().__init__(n_users, n_items)
         self.reg_i = check_nonnegative(reg_i, "reg_i")
         self.reg_u = check_nonnegative(reg_u, "reg_u")
@@ -151,6 +153,7 @@ class BiasBaseline(Recommender):
     def fit(self, train: pd.DataFrame) -> BiasBaseline:
         """Fit ``mu``, ``b_u`` and ``b_i`` on the ratings of ``train``."""
         self._check_train(train, RATING_COLUMNS, rating_range=self.rating_range)
+        self.rating_range_ = resolve_rating_range(self.rating_range, train["rating"])
         R = rating_matrix(train, self.n_users, self.n_items)  # (n_users, n_items)
         mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         mu, b_u, b_i = fit_biases(R, mask, self.reg_u, self.reg_i, self.n_iters)
@@ -158,7 +161,7 @@ class BiasBaseline(Recommender):
         return self
 
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.rating_range is None else x.clamp(*self.rating_range)
+        return x if self.rating_range_ is None else x.clamp(*self.rating_range_)
 
     def score(self, user_idx) -> torch.Tensor:
         """``(batch,) -> (batch, n_items)`` predicted ratings ``mu + b_u + b_i``."""

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_ref.checks import check_config, check_rating_range
+from recsys_ref.checks import check_config, check_rating_range, resolve_rating_range
 from recsys_ref.matrix import column
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
@@ -234,7 +234,8 @@ class MFConfig:
     init_std: float = 0.1  # factors start as N(0, init_std^2)
     patience: int | None = 5  # evaluations without improvement before stopping (with valid)
     eval_every: int = 1  # epochs between validation evaluations
-    rating_range: tuple[float, float] | None = (1.0, 5.0)  # clip predictions; None: no clip
+    # clip predictions: "train" = the training ratings' min..max; (low, high); None: no clip
+    rating_range: tuple[float, float] | str | None = "train"
     seed: int = 0
     progress: bool = False  # tqdm progress bar
 
@@ -279,6 +280,7 @@ class BiasedMF(ConfiguredRecommender):
         cfg = self.config
         n_epochs, lr = cfg.schedule()
         self._check_train(train, RATING_COLUMNS, rating_range=self.config.rating_range)
+        self.rating_range_ = resolve_rating_range(self.config.rating_range, train["rating"])
         u, i = self._pairs(column(train, "user_idx"), column(train, "item_idx"))
         r = column(train, "rating", torch.float32)  # (n,)
         gen = seed_everything(cfg.seed)
@@ -323,7 +325,7 @@ class BiasedMF(ConfiguredRecommender):
         return self
 
     def _clip(self, x: torch.Tensor) -> torch.Tensor:
-        rr = self.config.rating_range
+        rr = self.rating_range_
         return x if rr is None else x.clamp(*rr)
 
     @torch.no_grad()

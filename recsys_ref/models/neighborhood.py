@@ -15,6 +15,7 @@ from recsys_ref.checks import (
     check_nonnegative,
     check_positive_int,
     check_rating_range,
+    resolve_rating_range,
 )
 from recsys_ref.matrix import interaction_mask, rating_matrix
 from recsys_ref.models.base import Recommender
@@ -179,8 +180,8 @@ class KNNRating(Recommender):
         reg_i, reg_u, n_iters: the bias baseline's penalties and sweeps (defaults 10, 15, 10),
             used by ``baseline="bias"`` and by ``kind="pearson_baseline"``.
         min_support: minimum co-rated count for a non-zero similarity (default 1).
-        rating_range: clip predictions to ``(low, high)`` (default ``(1, 5)``); ``None``
-            disables clipping.
+        rating_range: clip predictions to ``(low, high)``; ``"train"`` (default) takes the
+            training ratings' min and max; ``None`` disables clipping.
 
     See the chapter "Collaborative filtering".
     """
@@ -190,7 +191,7 @@ class KNNRating(Recommender):
                  user_based: bool = False, baseline: str | None = "bias",
                  reg_i: float = 10.0, reg_u: float = 15.0, n_iters: int = 10,
                  min_support: int = 1,
-                 rating_range: tuple[float, float] | None = (1.0, 5.0)):
+                 rating_range: tuple[float, float] | str | None = "train"):
         super().__init__(n_users, n_items)
         self.k = check_positive_int(k, "k")
         self.min_k = check_positive_int(min_k, "min_k", minimum=0)
@@ -209,6 +210,7 @@ class KNNRating(Recommender):
     def fit(self, train: pd.DataFrame) -> KNNRating:
         """Build the rating matrix, the baselines and the similarity matrix."""
         self._check_train(train, RATING_COLUMNS, rating_range=self.rating_range)
+        self.rating_range_ = resolve_rating_range(self.rating_range, train["rating"])
         R = rating_matrix(train, self.n_users, self.n_items).double()  # (n_users, n_items)
         mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
         mu, b_u, b_i = fit_biases(R, mask, self.reg_u, self.reg_i, self.n_iters)
@@ -304,8 +306,8 @@ class KNNRating(Recommender):
         return torch.where(enough, base + num / den.clamp(min=1e-300), fallback).double()
 
     def _clip(self, out: torch.Tensor) -> torch.Tensor:
-        if self.rating_range is not None:
-            out = out.clamp(*self.rating_range)
+        if self.rating_range_ is not None:  # the range resolved at fit time
+            out = out.clamp(*self.rating_range_)
         return out.float()
 
 
