@@ -135,6 +135,28 @@ def test_bpr_learns_planted_groups():
                                 batch_size=256))
 
 
+class DistributedBPR:
+    """:func:`recsys_ref.distributed.fit_bpr_distributed` on one process (its training loop,
+    run in this process) behind a ``fit``, for :func:`assert_ranks_the_groups`."""
+
+    def __init__(self, **config):
+        self.config = config
+
+    def fit(self, train):
+        from recsys_ref.distributed import fit_bpr_distributed
+
+        self.model = fit_bpr_distributed(train, N_USERS, N_ITEMS, world_size=1, **self.config)
+        self.history_ = self.model.history_.to_dict("records")  # a frame: one row per epoch
+        return self
+
+    def __getattr__(self, name):  # score, n_users, n_items: the fitted BPR's
+        return getattr(self.__dict__["model"], name)
+
+
+def test_distributed_bpr_learns_planted_groups():
+    assert_ranks_the_groups(DistributedBPR(n_factors=8, n_epochs=20, lr=0.05, batch_size=256))
+
+
 @pytest.mark.parametrize("model", ["gmf", "mlp", "neumf"])
 def test_ncf_learns_planted_groups(model):
     hyper = {"gmf": dict(n_epochs=40, lr=0.02), "mlp": dict(layers=(32, 16), n_epochs=60, lr=0.02),

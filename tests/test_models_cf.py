@@ -183,7 +183,8 @@ def slow_knn(df, pairs, k, min_k, kind, shrinkage, user_based, baseline):
             est = base(x, y) if baseline is not None else mu
         else:
             est = base(x, y) + num / den
-        out.append(min(max(est, 1.0), 5.0))
+        # clipped to the training ratings' range (the models' default rating_range="train")
+        out.append(min(max(est, float(df["rating"].min())), float(df["rating"].max())))
     return out
 
 

@@ -64,6 +64,8 @@ REMOVALS = {
     "BiasedMF (als)": ([("recsys_ref.models.mf.als_step", lambda *a, **k: None)],
                        [partial(L.test_biased_mf_learns_planted_factors, "als")]),
     "BPR": (step("recsys_ref.models.bpr"), [L.test_bpr_learns_planted_groups]),
+    "BPR (distributed)": (step("recsys_ref.distributed"),
+                          [L.test_distributed_bpr_learns_planted_groups]),
     "iALS": ([("recsys_ref.models.ials.ials_step", lambda W, *a, **k: W)],
              [L.test_ials_learns_planted_groups]),
     **{f"NCF ({m})": (step("recsys_ref.models.ncf"), [partial(L.test_ncf_learns_planted_groups, m)])
