@@ -164,7 +164,8 @@ def fit_bpr_distributed(train: pd.DataFrame, n_users: int, n_items: int,
 def main(argv=None) -> None:
     """``torchrun`` entry point: ``PAIRS`` is a ``torch.save``d dict with ``users, items``
     tensors (distinct pairs sorted by user, item) and ``n_users, n_items``; process 0 saves
-    the factors and the history to ``OUT``. Options set :class:`BPRConfig` fields."""
+    the factors and the history to ``OUT``. Options set
+    :class:`~recsys_ref.models.bpr.BPRConfig` fields."""
     parser = argparse.ArgumentParser(prog="python -m recsys_ref.distributed")
     parser.add_argument("pairs")
     parser.add_argument("out")

@@ -1,5 +1,7 @@
 """Data sets of the book (MovieLens-100K, the Open Bandit Dataset sample) and the reader's own:
-any frame (:func:`from_frame`) or file (:func:`read_movielens`, :func:`read_interactions`).
+any frame (:func:`~recsys_ref.data.frame.from_frame`) or file
+(:func:`~recsys_ref.data.readers.read_movielens`,
+:func:`~recsys_ref.data.readers.read_interactions`).
 
 See the chapter "Introduction and data".
 """

@@ -48,9 +48,9 @@ def read_movielens(folder) -> Interactions:
             ``ml-latest-small/``, ``ml-25m/``, ...).
 
     Returns:
-        An :class:`Interactions` with ``rating`` and ``timestamp`` (seconds), raw ids as the
-        files give them (integers), and ``items`` with ``title`` (and ``genres`` where the
-        release has them) when the movies file is present.
+        An :class:`~recsys_ref.data.frame.Interactions` with ``rating`` and ``timestamp``
+        (seconds), raw ids as the files give them (integers), and ``items`` with ``title``
+        (and ``genres`` where the release has them) when the movies file is present.
     """
     folder = Path(folder)
     fmt = movielens_format(folder)
@@ -105,7 +105,7 @@ def read_interactions(path, sep: str | None = None, comment: str = "#",
         duplicates: as in :func:`~recsys_ref.data.frame.from_frame`.
 
     Returns:
-        An :class:`Interactions` in file order.
+        An :class:`~recsys_ref.data.frame.Interactions` in file order.
     """
     path = Path(path)
     df = pd.read_csv(path, sep=r"\s+" if sep is None else sep, header=None, comment=comment,
