@@ -1,0 +1,69 @@
+"""recsys_ref.tuning: grids, seeded random configurations, searches and their winner."""
+
+import pandas as pd
+import pytest
+import torch
+
+from recsys_ref.evaluation import evaluate_ranking
+from recsys_ref.models.baselines import Popularity
+from recsys_ref.models.ease import EASE
+from recsys_ref.tuning import best_config, grid, random_configs, search
+
+
+def test_grid_is_the_cartesian_product_first_axis_slowest():
+    assert grid(a=(1, 2), b=("x", "y")) == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    with pytest.raises(ValueError, match="axis 'b' has no values"):
+        grid(a=(1,), b=())
+    with pytest.raises(TypeError, match="axis 'a'"):
+        grid(a=3)
+
+
+def test_random_configs_are_seeded_distinct_and_capped():
+    space = dict(a=range(10), b=range(10))
+    one, two = random_configs(space, 5, seed=1), random_configs(space, 5, seed=1)
+    assert one == two and len({tuple(c.values()) for c in one}) == 5
+    assert random_configs(space, 5, seed=2) != one
+    assert len(random_configs(dict(a=(1, 2)), 5, seed=0)) == 2
+
+
+def _planted(n_users=60, n_items=30, seed=0):
+    """Users like the items of their own block of 10: EASE with light regularisation learns
+    the blocks; heavy regularisation ranks like popularity, which ignores them."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for u in range(n_users):
+        block = u % 3
+        items = torch.randperm(10, generator=g)[:6] + 10 * block
+        rows += [(u, int(i)) for i in items]
+    df = pd.DataFrame(rows, columns=["user_idx", "item_idx"])
+    last = df.groupby("user_idx").tail(1)
+    return df.drop(last.index), last, n_users, n_items
+
+
+def test_search_ranks_configurations_by_validation_metric(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_REF_DATA", str(tmp_path))
+    train, valid, n_users, n_items = _planted()
+    configs = grid(lam=(1e6, 1.0))
+    table = search(lambda lam: EASE(n_users, n_items, lam=lam), configs, train,
+                   lambda m: evaluate_ranking(m, valid, train, ks=(5,)), metric="NDCG@5")
+    assert list(table["lam"]) == [1e6, 1.0] and "fit_seconds" in table
+    assert table["NDCG@5"].iloc[1] > table["NDCG@5"].iloc[0]
+    assert best_config(table) == {"lam": 1.0}
+    # lower is better flips the winner
+    flipped = search(lambda lam: EASE(n_users, n_items, lam=lam), configs, train,
+                     lambda m: evaluate_ranking(m, valid, train, ks=(5,)), metric="NDCG@5",
+                     higher_is_better=False)
+    assert best_config(flipped) == {"lam": 1e6}
+
+
+def test_search_rejects_missing_and_non_finite_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_REF_DATA", str(tmp_path))
+    train, valid, n_users, n_items = _planted()
+    make = lambda: Popularity(n_users, n_items)  # noqa: E731
+    with pytest.raises(ValueError, match="not the metric 'NDCG@10'"):
+        search(make, [{}], train, lambda m: {"HR@10": 0.1}, metric="NDCG@10")
+    with pytest.raises(ValueError, match="is nan"):
+        search(make, [{}], train, lambda m: {"RMSE": float("nan")}, metric="RMSE")
+    with pytest.raises(ValueError, match="at least one configuration"):
+        search(make, [], train, lambda m: {"RMSE": 1.0}, metric="RMSE")
