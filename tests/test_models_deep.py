@@ -300,7 +300,7 @@ def test_autorec_reconstruction_is_cached_per_parameter_state():
     assert len(set(valid)) == 4
     fresh = AutoRec(N_USERS, N_ITEMS, n_hidden=5, **kw).fit(train, train)
     fresh._reconstruction = lambda: fresh.net_(fresh.R_)  # no cache at all
-    u, i = torch.as_tensor(train.user_idx.to_numpy()), torch.as_tensor(train.item_idx.to_numpy())
+    u, i = torch.tensor(train.user_idx.to_numpy()), torch.tensor(train.item_idx.to_numpy())
     torch.testing.assert_close(v.predict(u, i), fresh.predict(u, i))
 
 
