@@ -85,13 +85,13 @@ def collaborative_filtering(g):
     # on every prediction up to float32 rounding; KNNBasic and KNNWithMeans differ only where
     # two candidate neighbours tie for the k-th place
     assert g["surprise_n_predictions"] == 20_000
-    assert g["surprise_same_gap"] < 1e-5
+    assert g["surprise_same_gap"] < 1e-6
     for key in ("bias", "knn_user", "knn_item"):
         assert g[f"surprise_differ_{key}"] == 0 and g[f"surprise_gap_{key}"] < 1e-6
     for key in ("basic_cos", "means_pearson"):
         assert g[f"surprise_differ_{key}"] > 0
         assert g[f"surprise_tied_{key}"] == g[f"surprise_differ_{key}"]
-    assert g["surprise_tie_gap"] > 0.1 and g["surprise_untied_gap_all"] < 1e-4
+    assert g["surprise_tie_gap"] > 0.1 and g["surprise_untied_gap_all"] < 1e-6
     assert g["surprise_rmse_gap_max"] < 1e-3
     assert m["knn_item"] == pytest.approx(0.9359, abs=1e-4)  # what Surprise computes on u1
     # tuned on training data only: better than the defaults on u1, best of the table
