@@ -74,8 +74,9 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
         progress: a progress bar over the configurations (interactive sessions only).
 
     Returns:
-        One row per configuration, in the given order: the configuration's values, every
-        metric ``evaluate`` returned, the recorded attributes and ``fit_seconds``. The
+        A frame with one row per configuration (in the given order) holding the
+        configuration's values, every metric ``evaluate`` returned, the recorded attributes
+        and ``fit_seconds``. The
         frame's ``attrs`` keep the configurations and the ranking rule for
         :func:`best_config`.
 

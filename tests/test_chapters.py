@@ -69,27 +69,33 @@ def collaborative_filtering(g):
     assert g["top_bias_min_ratings"] >= 50  # the largest item biases are well supported
     # Star Wars / Return of the Jedi: the raw cosine is large, the centred Pearson smaller
     assert g["sw_jedi_support"] > 100 and g["sw_jedi_cosine"] > g["sw_jedi_pearson"] > 0
-    # --- rating prediction, mean RMSE over u1..u5 (all five folds at SMOKE settings too)
-    m = {k: g[f"rmse_{k}_mean"] for k in ("global", "bias", "basic_cos", "means_pearson",
-                                           "adjcos", "knn_user", "knn_item", "tuned")}
+    # --- rating prediction; at SMOKE settings fold u1 only (the five-fold claims, item-based
+    # better on average but not on every fold, are asserted in the chapter's full run)
+    assert g["n_folds"] == 1
+    m = {k: g[f"rmse_{k}_u1"] for k in ("global", "bias", "basic_cos", "means_pearson",
+                                         "adjcos", "knn_user", "knn_item", "tuned")}
     # "biases do most of the work": their gain over the mean dwarfs the best k-NN's over them
     assert g["rmse_gain_bias_vs_global"] > 3 * (m["bias"] - min(m.values()))
     # "centring matters most": raw-cosine KNNBasic worse than the biases, KNNWithMeans better,
     # KNNBaseline best of Surprise's variants; centring by means removes most of the gap
-    assert m["basic_cos"] > m["bias"] > m["means_pearson"] > m["knn_user"] > m["knn_item"]
+    assert m["basic_cos"] > m["bias"] > m["means_pearson"] > max(m["knn_user"], m["knn_item"])
     assert m["basic_cos"] - m["means_pearson"] > m["means_pearson"] - m["knn_item"]
-    assert m["adjcos"] < m["knn_item"] and g["adjcos_beats_pb_folds"] >= 4
-    # item-based better on average, not on every fold and not on u1
-    assert 0 < g["item_beats_user_folds"] < g["n_folds"] == 5
-    assert g["rmse_knn_item_u1"] > g["rmse_knn_user_u1"]
-    # "we reproduce Surprise": Surprise prints 4 decimals, so up to rounding (+ float noise)
-    for key in ("bias", "means_pearson", "knn_user", "knn_item"):
-        assert g[f"surprise_gap_{key}"] < 1e-4 and g[f"surprise_gap_{key}_u1"] < 1e-4
-    assert g["surprise_gap_basic_cos"] < 1e-4 and g["surprise_gap_basic_cos_u1"] < 1e-3
-    assert g["rmse_knn_item_mean"] == pytest.approx(0.9204, abs=1e-4)  # Surprise's figure
-    # tuned on training data only: better than the defaults on every fold, best of the table
-    assert g["tuned_gain_min"] > 0 and g["tuned_gain_mean"] > 0.002
-    assert m["tuned"] == min(m.values())
+    assert m["knn_item"] > m["knn_user"]  # "not on u1"
+    # "we reproduce Surprise" (run in the chapter on the same fold): the same algorithms agree
+    # on every prediction up to float32 rounding; KNNBasic and KNNWithMeans differ only where
+    # two candidate neighbours tie for the k-th place
+    assert g["surprise_n_predictions"] == 20_000
+    assert g["surprise_same_gap"] < 1e-6
+    for key in ("bias", "knn_user", "knn_item"):
+        assert g[f"surprise_differ_{key}"] == 0 and g[f"surprise_gap_{key}"] < 1e-6
+    for key in ("basic_cos", "means_pearson"):
+        assert g[f"surprise_differ_{key}"] > 0
+        assert g[f"surprise_tied_{key}"] == g[f"surprise_differ_{key}"]
+    assert g["surprise_tie_gap"] > 0.1 and g["surprise_untied_gap_all"] < 1e-6
+    assert g["surprise_rmse_gap_max"] < 1e-3
+    assert m["knn_item"] == pytest.approx(0.9359, abs=1e-4)  # what Surprise computes on u1
+    # tuned on training data only: better than the defaults on u1, best of the table
+    assert g["tuned_gain_min"] > 0 and m["tuned"] == min(m.values())
     # --- error against k (u1): k=5 worse than the biases, falls to k=40, then flat
     assert g["sweep_item_k5"] > g["bias_rmse_u1"] > g["sweep_item_k40"]
     assert g["sweep_item_k5"] - g["sweep_item_k40"] > 0.02
@@ -106,13 +112,31 @@ def collaborative_filtering(g):
     assert g["few_abs_shrunk"] < 0.01
     assert (g["many_abs_shrunk"] / g["many_abs_raw"]
             > 10 * g["few_abs_shrunk"] / g["few_abs_raw"])
-    # --- worked neighbourhood: the two sequels first, all well supported; the correction
+    # --- worked neighbourhood: the two sequels first, most others share a genre, all well
+    # supported; the user's neighbours are weak (<= 0.2) but mostly above their baselines
     assert {g["sw_top1_id"], g["sw_top2_id"]} == {172, 181}
+    assert g["sw_shared_genre"] >= 5
     assert g["sw_min_support"] >= 50
     assert g["worked_rated_sequels"] == 0 and g["worked_correction"] > 0
-    assert g["worked_pos_share"] > 0.5
+    assert g["worked_max_sim"] < 0.2 and g["worked_pos_share"] > 0.5
     assert abs(g["worked_prediction"] - g["worked_true"]) < 0.5
     assert g["article_prediction"] < 1  # dividing by |N| instead of sum s: off the 1-5 scale
+    # --- leakage: selecting k on the test fold is optimistic but only slightly (flat curve);
+    # test ratings in the similarity give a large fake gain; u1.base holds all of u2.test
+    assert g["sweep_item_k40"] - 0.001 < g["sweep_best_on_test"] <= g["sweep_item_k40"]
+    assert g["leak_honest"] == pytest.approx(g["rmse_knn_item_u1"], abs=1e-6)
+    assert g["leak_ratio"] > 10
+    assert g["u2_test_in_u1_base"] == pytest.approx(100)
+    # exercise 2: the best hard support threshold does not reach shrinkage
+    assert g["ex2_shrunk_rmse"] < g["ex2_best_rmse"]
+
+
+@claims("item_item_top_n")
+def item_item_top_n(g):
+    # EASE's learned weights: a large share is negative (a similarity never is)
+    assert 0.2 < g["ease_negative_share"] < 0.8
+    # the validation search chose the settings the test models use
+    assert g["best_item_k"] in (10, 20) and g["best_lam"] in (100, 300)
     # --- top-N, leave-last-out test, full ranking
     ndcg = {k: g[f"topn_{k}_ndcg10"] for k in ("pop", "bias", "userknn", "itemknn", "ease")}
     assert ndcg["ease"] > ndcg["itemknn"] > ndcg["userknn"] > ndcg["pop"] > ndcg["bias"]
@@ -130,16 +154,19 @@ def collaborative_filtering(g):
         assert g[f"paired_{key}_mean"] < 2 * g[f"paired_{key}_se"]
     assert g["paired_ease_user_low"] > 0
     assert g["val_user_best"] > g["val_item_best"]  # validation order differs from test
+    # ranking by predicted stars recommends rarely watched movies: the highest novelty
+    assert g["topn_bias_nov10"] > max(g[f"topn_{k}_nov10"]
+                                      for k in ("pop", "userknn", "itemknn", "ease"))
     # comparison with the introduction and popularity bias
     assert g["topn_itemknn_hr10"] > g["topn_pop_hr10"] and g["topn_ease_hr10"] > g["topn_pop_hr10"]
     assert g["topn_ease_cov10"] > 5 * g["topn_pop_cov10"] and g["topn_ease_cov10"] < 0.5
     assert g["topn_pop_nov10"] < min(g[f"topn_{k}_nov10"] for k in ("userknn", "itemknn", "ease"))
-    # --- leakage: selecting k on the test fold is optimistic but only slightly (flat curve);
-    # test ratings in the similarity give a large fake gain; u1.base holds all of u2.test
-    assert g["sweep_item_k40"] - 0.001 < g["sweep_best_on_test"] <= g["sweep_item_k40"]
-    assert g["leak_honest"] == pytest.approx(g["rmse_knn_item_u1"], abs=1e-6)
-    assert g["leak_ratio"] > 10
-    assert g["u2_test_in_u1_base"] == pytest.approx(100)
+    # leakage: the test interactions in the similarities raise the test NDCG (a fake gain)
+    assert g["leak_topn_leaky"] > g["topn_itemknn_ndcg10"] and g["leak_topn_ratio"] > 1
+    # exercises: the two lists differ and EASE has negative weights from Star Wars; choosing
+    # on the test item can only look better
+    assert g["ex1_lists_differ"] is True and g["ex1_ease_negative"] > 0
+    assert g["ex2_optimism"] >= 0
 
 
 @claims("exploration")

@@ -1,6 +1,6 @@
 """EASE: a shallow linear item-item autoencoder with a closed-form solution (Steck 2019).
 
-See the chapter "Collaborative filtering".
+See the chapter "Top-N recommendation with item-item models".
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def ease_weights(X: torch.Tensor, lam: float, dtype: torch.dtype | None = None,
     to 1e-4 (the co-occurrence counts themselves are exact in float32 below 2**24).
 
     Returns:
-        ``(n_items, n_items)`` ``B`` in ``dtype``. See the chapter "Collaborative filtering".
+        ``(n_items, n_items)`` ``B`` in ``dtype``. See the chapter "Top-N recommendation
+        with item-item models".
     """
     X = X.to(dtype or (X.dtype if X.is_floating_point() else torch.float32))
     G = X.T @ X  # (n_items, n_items) Gram matrix: item co-occurrence counts
@@ -57,16 +58,16 @@ class EASE(Recommender):
     Args:
         n_users: number of users.
         n_items: number of items.
-        lam: L2 penalty :math:`\\lambda > 0` (default 100: the best of 30..3,000 on
-            MovieLens-100K's leave-last-out validation item; Steck's larger data sets use
-            200 to 3,000, and the best value grows with the number of users).
+        lam: L2 penalty :math:`\\lambda > 0` (default 100). The chapter chooses it by a
+            validation search on MovieLens-100K's leave-last-out split; Steck's larger data
+            sets use 200 to 3,000, and the best value grows with the number of users.
         max_items: refuse to fit above this catalogue size (default 10,000): the dense
             float64 item-item solve holds about four ``(n_items, n_items)`` matrices,
             :func:`ease_memory` bytes (3.2 GB at 10,000 items, 80 GB at 50,000). ``None``
             lifts the guard; k-core filtering (:func:`recsys_ref.splits.k_core`) or a
             factor model are the alternatives on larger catalogues.
 
-    See the chapter "Collaborative filtering".
+    See the chapter "Top-N recommendation with item-item models".
     """
 
     def __init__(self, n_users: int, n_items: int, lam: float = 100.0,

@@ -3,7 +3,8 @@ item/user k-NN for top-N recommendation from implicit feedback.
 
 Everything is dense: MovieLens-100K's item-item matrix is 1,682 x 1,682 (11 MB in float32),
 and every similarity is a handful of matrix products over the co-rated entries.
-See the chapter "Collaborative filtering".
+See the chapters "Collaborative filtering: rating prediction with neighbourhoods" and
+"Top-N recommendation with item-item models".
 """
 
 from __future__ import annotations
@@ -360,7 +361,7 @@ def knn_cosine(X: torch.Tensor, shrinkage: float, k: int | None,
 
     Returns:
         ``(n, n)`` float32; row ``i`` holds :math:`s_{ij}` for :math:`j \\in N^k(i)`.
-        See the chapter "Collaborative filtering".
+        See the chapter "Top-N recommendation with item-item models".
     """
     X = X.float()
     n = X.shape[1]
@@ -404,10 +405,10 @@ class ItemKNN(Recommender):
         n_items: number of items.
         k: neighbours kept per item (default 10); ``None`` keeps all. Ties at the k-th place
             keep the lower item index.
-        shrinkage: ``h >= 0`` (default 0). The defaults are the best of k in 5..500 or all
-            and h in 0..200 on MovieLens-100K's leave-last-out validation item.
+        shrinkage: ``h >= 0`` (default 0). The chapter chooses ``k`` and ``h`` by a
+            validation search on MovieLens-100K's leave-last-out split.
 
-    See the chapter "Collaborative filtering".
+    See the chapter "Top-N recommendation with item-item models".
     """
 
     def __init__(self, n_users: int, n_items: int, k: int | None = 10, shrinkage: float = 0.0):
@@ -444,10 +445,10 @@ class UserKNN(Recommender):
         n_items: number of items.
         k: neighbours kept per user (default 20); ``None`` keeps all. Ties at the k-th place
             keep the lower user index.
-        shrinkage: ``h >= 0`` (default 0). The defaults are the best of k in 10..200 or all
-            and h in 0..100 on MovieLens-100K's leave-last-out validation item.
+        shrinkage: ``h >= 0`` (default 0). The chapter chooses ``k`` and ``h`` by a
+            validation search on MovieLens-100K's leave-last-out split.
 
-    See the chapter "Collaborative filtering".
+    See the chapter "Top-N recommendation with item-item models".
     """
 
     def __init__(self, n_users: int, n_items: int, k: int | None = 20, shrinkage: float = 0.0):
