@@ -16,6 +16,7 @@ from recsys_ref.bandits.analysis import (
     slope_interval,
 )
 from recsys_ref.bandits.logged import log_policy, policy_value, softmax_policy
+from recsys_ref.bandits.reward_model import log_loss
 from recsys_ref.models.sasrec import SASRecConfig
 from recsys_ref.off_policy import ips
 from recsys_ref.sequences import mask_token, user_sequences
@@ -60,6 +61,7 @@ def test_slope_interval_is_a_student_t_interval():
     half = stats.t.ppf(0.975, 3) * np.std(s, ddof=1) / 2
     assert m == pytest.approx(0.9875) and lo == pytest.approx(m - half)
     assert hi == pytest.approx(m + half)
+    assert all(type(v) is float for v in (m, lo, hi))  # glued as numbers, not numpy reprs
     one = slope_interval([0.7])
     assert one[0] == 0.7 and math.isnan(one[1]) and math.isnan(one[2])
     with pytest.raises(ValueError, match="slopes"):
@@ -148,3 +150,17 @@ def test_logged_rounds_are_drawn_from_the_policy_and_ips_is_unbiased():
     assert torch.equal(again["actions"], a) and torch.equal(again["rewards"], logs["rewards"])
     with pytest.raises(ValueError, match="n_rounds"):
         log_policy(p, pi, 0)
+
+
+def test_log_loss_by_hand_and_bad_input():
+    q = torch.tensor([[0.2, 0.9], [0.5, 0.1], [0.7, 0.3]], dtype=torch.float64)
+    actions, rewards = torch.tensor([1, 0, 1]), torch.tensor([1.0, 0.0, 0.0])
+    by_hand = -(math.log(0.9) + math.log(0.5) + math.log(0.7)) / 3
+    assert log_loss(q, actions, rewards) == pytest.approx(by_hand)
+    # a constant prediction at the click rate beats a confident wrong one
+    assert log_loss(torch.full((3, 2), 1 / 3), actions, rewards) < log_loss(1 - q, actions,
+                                                                            rewards)
+    with pytest.raises(ValueError, match="actions"):
+        log_loss(q, torch.tensor([0, 2, 1]), rewards)
+    with pytest.raises(ValueError, match="rewards"):
+        log_loss(q, actions, rewards[:2])

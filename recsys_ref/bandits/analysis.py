@@ -51,7 +51,8 @@ def loglog_slope(cumulative, start: float = 0.1, n_points: int = 50) -> float:
 
 
 def slope_interval(slopes: Sequence[float], alpha: float = 0.05) -> tuple[float, float, float]:
-    """Mean and Student-t ``1 - alpha`` interval of per-seed slopes (NaN bounds for one seed).
+    """Mean and Student-t ``1 - alpha`` interval of per-seed slopes (NaN bounds for one seed),
+    as Python floats.
 
     Seeds are independent replications (their arrivals, clicks and policy draws differ), so
     the t interval over seeds is honest, if wide with few seeds.
@@ -66,7 +67,7 @@ def slope_interval(slopes: Sequence[float], alpha: float = 0.05) -> tuple[float,
     m = float(s.mean())
     if len(s) == 1:
         return m, math.nan, math.nan
-    half = stats.t.ppf(1 - alpha / 2, len(s) - 1) * s.std(ddof=1) / math.sqrt(len(s))
+    half = float(stats.t.ppf(1 - alpha / 2, len(s) - 1) * s.std(ddof=1) / math.sqrt(len(s)))
     return m, m - half, m + half
 
 
