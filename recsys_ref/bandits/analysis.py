@@ -3,10 +3,11 @@ and the pretrained encoder's embeddings as a bandit's representation.
 
 A regret curve that grows like :math:`R_t \approx c\, t^{\beta}` is a straight line of slope
 :math:`\beta` on log-log axes: :math:`\beta = 1` is linear regret (a fixed loss per round,
-for ever), :math:`\beta < 1` sublinear (the loss per round shrinks). :func:`loglog_slope`
-fits :math:`\beta` by least squares on log-spaced rounds of the tail of a run, and
-:func:`slope_interval` turns one slope per seed into a Student-t interval, so that
-"sublinear" is a measured claim rather than a hope. See the chapter "Exploration".
+for ever), :math:`\beta < 1` sublinear (the loss per round shrinks).
+:func:`recsys_ref.bandits.analysis.loglog_slope` fits :math:`\beta` by least squares on
+log-spaced rounds of the tail of a run, and :func:`recsys_ref.bandits.analysis.slope_interval`
+turns one slope per seed into a Student-t interval, so that "sublinear" is a measured claim
+rather than a hope. See the chapter "Exploration".
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def loglog_slope(cumulative, start: float = 0.1, n_points: int = 50) -> float:
         n_points: log-spaced rounds in the fit (so late rounds do not outnumber early ones).
 
     Returns:
-        The least-squares slope (1: linear growth; below 1: sublinear).
+        The least-squares slope (1 for linear growth, below 1 for sublinear).
     """
     r = torch.as_tensor(np.asarray(cumulative, dtype=np.float64)).double()
     if r.dim() != 1 or len(r) < 10:
@@ -86,7 +87,7 @@ def search_policy(make: Callable[..., object], configs: Sequence[Mapping], simul
         n_rounds: the horizon, the same as the reported runs' (the best setting depends on it).
 
     Returns:
-        One row per configuration: its values, ``regret``, ``ctr`` and ``seconds``.
+        One row per configuration with its values, ``regret``, ``ctr`` and ``seconds``.
     """
     configs = [dict(c) for c in configs]
     if not configs:

@@ -7,12 +7,13 @@ on-policy log. In the simulator it is exact: for a stationary stochastic policy
 .. math::
     V(\pi) = \frac{1}{|U|} \sum_{u} \sum_{i} \pi(i \mid u)\, p(u, i).
 
-:func:`log_policy` draws ``n`` logged rounds of a policy (user, item, propensity, click) with
-the simulator's click probabilities :math:`p`; :func:`policy_value` is the exact
-:math:`V(\pi)`; :func:`softmax_policy` turns any scores into a stochastic policy with full
-support (every propensity > 0, as importance weighting needs). Rounds are independent: unlike
-:class:`recsys_ref.bandits.simulator.BanditSimulator`, nothing is consumed, which is the
-i.i.d. setting the estimators of :mod:`recsys_ref.off_policy` assume.
+:func:`recsys_ref.bandits.logged.log_policy` draws ``n`` logged rounds of a policy (user,
+item, propensity, click) with the simulator's click probabilities :math:`p`;
+:func:`recsys_ref.bandits.logged.policy_value` is the exact :math:`V(\pi)`;
+:func:`recsys_ref.bandits.logged.softmax_policy` turns any scores into a stochastic policy
+with full support (every propensity > 0, as importance weighting needs). Rounds are
+independent: unlike :class:`recsys_ref.bandits.simulator.BanditSimulator`, nothing is
+consumed, which is the i.i.d. setting the estimators of :mod:`recsys_ref.off_policy` assume.
 See the chapter "Exploration".
 """
 
@@ -72,7 +73,7 @@ def log_policy(click_prob, policy_probs, n_rounds: int, seed: int = 0) -> dict:
         seed: seed of the arrivals, the policy's draws and the clicks.
 
     Returns:
-        A dict of ``(n_rounds,)`` tensors: ``users`` (long), ``actions`` (long),
+        A dict of ``(n_rounds,)`` tensors, ``users`` (long), ``actions`` (long),
         ``propensities`` (the logging policy's probability of the logged item) and
         ``rewards`` (0/1 clicks), and ``expected`` (the click probability of each logged
         item, which no estimator may use: it is there to check the logs).

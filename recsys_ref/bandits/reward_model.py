@@ -163,10 +163,12 @@ def cross_fit_rewards(context, actions, positions, rewards, action_features, n_p
 def log_loss(q_hat, actions, rewards) -> float:
     r"""Mean log loss of predicted clicks at the logged items, for choosing a reward model.
 
-    .. math:: -\frac1n \sum_t r_t \ln \hat q(x_t, a_t) + (1 - r_t) \ln (1 - \hat q(x_t, a_t))
+    .. math::
+        -\frac1n \sum_t \big[r_t \ln \hat q(x_t, a_t) + (1 - r_t) \ln (1 - \hat q(x_t, a_t))\big]
 
     Args:
-        q_hat: ``(n, n_items)`` predictions (e.g. from :func:`cross_fit_rewards`, so that no
+        q_hat: ``(n, n_items)`` predictions (e.g. from
+            :func:`recsys_ref.bandits.reward_model.cross_fit_rewards`, so that no
             row is scored by a model trained on it), clipped to ``[1e-9, 1 - 1e-9]``.
         actions: ``(n,)`` logged items.
         rewards: ``(n,)`` clicks (0/1).
