@@ -160,6 +160,29 @@ def cross_fit_rewards(context, actions, positions, rewards, action_features, n_p
     return out
 
 
+def log_loss(q_hat, actions, rewards) -> float:
+    r"""Mean log loss of predicted clicks at the logged items, for choosing a reward model.
+
+    .. math::
+        -\frac1n \sum_t \big[r_t \ln \hat q(x_t, a_t) + (1 - r_t) \ln (1 - \hat q(x_t, a_t))\big]
+
+    Args:
+        q_hat: ``(n, n_items)`` predictions (e.g. from
+            :func:`recsys_ref.bandits.reward_model.cross_fit_rewards`, so that no
+            row is scored by a model trained on it), clipped to ``[1e-9, 1 - 1e-9]``.
+        actions: ``(n,)`` logged items.
+        rewards: ``(n,)`` clicks (0/1).
+    """
+    q = _matrix(q_hat, "q_hat")
+    a = torch.as_tensor(np.asarray(actions)).long()
+    y = _matrix(rewards, "rewards", len(q), dim=1)
+    if a.shape != (len(q),):
+        raise ValueError(f"actions must be ({len(q)},), got {tuple(a.shape)}")
+    check_index(a, "actions", q.shape[1])
+    qa = q[torch.arange(len(q)), a].clamp(1e-9, 1 - 1e-9)  # (n,)
+    return float(-(y * qa.log() + (1 - y) * (1 - qa).log()).mean())
+
+
 def open_bandit_arrays(logs: pd.DataFrame, item_context: pd.DataFrame) -> dict:
     """The Open Bandit Dataset's frames as the arrays of :mod:`recsys_ref.off_policy`.
 
