@@ -1,15 +1,24 @@
-"""Data-parallel BPR (recsys_ref.distributed): 2 gloo processes against 1, same seed and
-global batch; the sparse negative sampler against the dense one."""
+"""Data-parallel training (recsys_ref.distributed, recsys_ref.distributed_models): 2 gloo
+processes against 1 for BPR, NCF and SASRec, same seed and global batch; the one-process
+loops against the models' own fit; the sparse negative sampler against the dense one."""
 
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
-from recsys_ref.distributed import _pairs, fit_bpr_distributed, sample_negatives_sparse
+from recsys_ref.distributed import (
+    distinct_pairs,
+    fit_bpr_distributed,
+    sample_negatives_sparse,
+)
+from recsys_ref.distributed_models import fit_ncf_distributed, fit_sasrec_distributed
 from recsys_ref.matrix import UserItems, interaction_mask
 from recsys_ref.models.bpr import sample_negatives
+from recsys_ref.models.ncf import NCF
+from recsys_ref.models.sasrec import SASRec
 from recsys_ref.scale import power_law_log
 
 
@@ -38,6 +47,9 @@ def test_sparse_negatives_draw_what_the_dense_sampler_draws(log):
     b = sample_negatives(users, 200, 4, dense, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     assert not dense[users[:, None], a].any()
+    full = UserItems(pd.DataFrame({"user_idx": [0], "item_idx": [0]}), 300, 1)  # user 0: all
+    with pytest.raises(ValueError, match="no item"):
+        sample_negatives_sparse(torch.tensor([0]), 1, 1, full, torch.Generator())
 
 
 def test_two_processes_equal_one(log):
@@ -58,7 +70,7 @@ def test_two_processes_equal_one(log):
 
 
 def test_torchrun_entry_point_equals_one_process(log, tmp_path):
-    users, items = _pairs(log, 300, 200)
+    users, items = distinct_pairs(log, 300, 200)
     torch.save({"users": users, "items": items, "n_users": 300, "n_items": 200},
                tmp_path / "pairs.pt")
     proc = subprocess.run(
@@ -70,5 +82,47 @@ def test_torchrun_entry_point_equals_one_process(log, tmp_path):
     out = torch.load(tmp_path / "out.pt", weights_only=False)
     one = fit_bpr_distributed(log, 300, 200, world_size=1, n_factors=8, n_epochs=2,
                               batch_size=256, lr=0.01, seed=4)
-    assert (one.factors_.Q - out["state"]["Q"]).abs().max() < 1e-4
+    assert (one.factors_.Q - out["state"]["factors.Q"]).abs().max() < 1e-4
     assert len(out["history"]) == 2
+
+
+def _max_gap(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa)
+
+
+def test_ncf_two_processes_equal_one_and_ncf_fit(log):
+    """The one-process loop is NCF.fit's (same seed: the same negatives, batches and steps);
+    two processes agree with it to 1e-4 (float rounding of the all-reduced sums, amplified by
+    Adam's normalised steps), while 2 epochs move the weights by ~1e-2."""
+    kw = dict(model="neumf", n_factors=8, layers=(16, 8), n_epochs=2, batch_size=512,
+              lr=0.01, seed=2, patience=None)
+    ref = NCF(300, 200, **kw).fit(log)
+    one = fit_ncf_distributed(log, 300, 200, world_size=1, **kw)
+    two = fit_ncf_distributed(log, 300, 200, world_size=2, **kw)
+    assert _max_gap(ref.net_, one.net_) < 1e-5
+    assert _max_gap(one.net_, two.net_) < 1e-4
+    moved = NCF(300, 200, **(kw | {"n_epochs": 1})).fit(log)  # a different model: far apart
+    assert _max_gap(one.net_, moved.net_) > 1e-3
+    assert two.history_["loss"].tolist() == pytest.approx(one.history_["loss"].tolist(),
+                                                          rel=1e-5)
+    assert one.history_["loss"].iloc[-1] < one.history_["loss"].iloc[0]
+    assert torch.isfinite(two.score(torch.arange(300))).all()
+
+
+def test_sasrec_two_processes_equal_one_and_sasrec_fit(log):
+    """Without dropout (whose masks each process draws for its own rows) two processes
+    reproduce one to 1e-4; the one-process loop is SASRec.fit's."""
+    kw = dict(max_len=20, dim=16, n_heads=2, dropout=0.0, n_epochs=2, batch_size=32,
+              lr=0.003, seed=1, patience=None)
+    ref = SASRec(300, 200, **kw).fit(log)
+    one = fit_sasrec_distributed(log, 300, 200, world_size=1, **kw)
+    two = fit_sasrec_distributed(log, 300, 200, world_size=2, **kw)
+    assert _max_gap(ref.net_, one.net_) < 1e-5
+    assert _max_gap(one.net_, two.net_) < 1e-4
+    assert two.history_["loss"].tolist() == pytest.approx(one.history_["loss"].tolist(),
+                                                          rel=1e-5)
+    assert torch.allclose(two.score(torch.arange(300)), ref.score(torch.arange(300)),
+                          atol=1e-3)
+    with pytest.raises(ValueError, match="timestamp"):
+        fit_sasrec_distributed(log.drop(columns="timestamp"), 300, 200, world_size=1, **kw)
