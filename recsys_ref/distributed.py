@@ -105,6 +105,11 @@ class Task:
     def result(self, state: dict, history: list[dict]):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def validate(self, objective: nn.Module) -> float | None:
+        """The validation metric of the current parameters (process 0, after every epoch);
+        ``None``: no validation."""
+        return None
+
 
 def _zero_loss(module: nn.Module) -> torch.Tensor:
     """A zero that depends on every parameter: an empty shard still joins the all-reduce."""
@@ -138,8 +143,10 @@ def train_shard(task: Task, rank: int = 0, world_size: int = 1):
         if world_size > 1:
             dist.all_reduce(total)  # the global loss, summed over processes
         objective.eval()
-        history.append({"loss": float(total) / max(n_total, 1),
-                        "seconds": time.perf_counter() - start})
+        row = {"loss": float(total) / max(n_total, 1), "seconds": time.perf_counter() - start}
+        if rank == 0 and (value := task.validate(objective)) is not None:
+            row["valid"] = value  # recorded only: every epoch runs (the others wait)
+        history.append(row)
     return objective.state_dict(), history
 
 
@@ -202,11 +209,22 @@ class PairsTask(Task):
     """A :class:`Task` over distinct ``(users, items)`` pairs (sorted by user, item) with a
     sparse seen-item set for negative sampling; ``cfg`` is the model's config."""
 
-    def __init__(self, users, items, n_users: int, n_items: int, cfg):
+    def __init__(self, users, items, n_users: int, n_items: int, cfg,
+                 valid: pd.DataFrame | None = None):
         self.users, self.items, self.n_users, self.n_items = users, items, n_users, n_items
-        self.cfg, self.n_epochs, self.seed = cfg, cfg.n_epochs, cfg.seed
+        self.cfg, self.n_epochs, self.seed, self.valid = cfg, cfg.n_epochs, cfg.seed, valid
         self.seen = UserItems.from_pairs(users, items, n_users, n_items)
         self.seen.keys()  # computed once here, not in every process
+
+    def validate(self, objective):
+        """``cfg.metric`` of full-ranking evaluation on ``valid``, training pairs excluded."""
+        if self.valid is None:
+            return None
+        from recsys_ref.evaluation import evaluate_ranking  # evaluation imports the models
+
+        train = pd.DataFrame({"user_idx": self.users.numpy(), "item_idx": self.items.numpy()})
+        model = self.result(objective.state_dict(), [])
+        return evaluate_ranking(model, self.valid, train)[self.cfg.metric]
 
 
 class BPRTask(PairsTask):
@@ -244,7 +262,7 @@ class BPRTask(PairsTask):
 
 def fit_bpr_distributed(train: pd.DataFrame, n_users: int, n_items: int,
                         world_size: int = 2, config: BPRConfig | None = None,
-                        **overrides) -> BPR:
+                        valid: pd.DataFrame | None = None, **overrides) -> BPR:
     """Fit :class:`~recsys_ref.models.bpr.BPR` data-parallel on ``world_size`` processes.
 
     ``config.batch_size`` is the *global* batch (each process computes about
@@ -257,14 +275,17 @@ def fit_bpr_distributed(train: pd.DataFrame, n_users: int, n_items: int,
         n_users, n_items: sizes.
         world_size: number of processes (gloo on CPU, one thread each).
         config: a :class:`~recsys_ref.models.bpr.BPRConfig`; keyword arguments override it.
+        valid: optional validation interactions: ``config.metric`` on them (full ranking,
+            training pairs excluded) is recorded after every epoch, to choose the number of
+            epochs (no early stopping).
 
     Returns:
-        A fitted :class:`~recsys_ref.models.bpr.BPR` (``history_`` has each epoch's loss and
-        seconds on process 0).
+        A fitted :class:`~recsys_ref.models.bpr.BPR` (``history_`` has each epoch's loss,
+        seconds and, with ``valid``, validation metric on process 0).
     """
     cfg = replace(config or BPRConfig(), **overrides)
     users, items = distinct_pairs(train, n_users, n_items)
-    return fit_distributed(BPRTask(users, items, n_users, n_items, cfg), world_size)
+    return fit_distributed(BPRTask(users, items, n_users, n_items, cfg, valid), world_size)
 
 
 def main(argv=None) -> None:

@@ -15,6 +15,7 @@ from recsys_ref.distributed import (
     sample_negatives_sparse,
 )
 from recsys_ref.distributed_models import fit_ncf_distributed, fit_sasrec_distributed
+from recsys_ref.evaluation import evaluate_ranking
 from recsys_ref.matrix import UserItems, interaction_mask
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.models.ncf import NCF
@@ -126,3 +127,14 @@ def test_sasrec_two_processes_equal_one_and_sasrec_fit(log):
                           atol=1e-3)
     with pytest.raises(ValueError, match="timestamp"):
         fit_sasrec_distributed(log.drop(columns="timestamp"), 300, 200, world_size=1, **kw)
+
+
+def test_validation_after_every_epoch_is_the_models_metric(log):
+    train, valid = log.iloc[:5000], log.iloc[5000:]
+    valid = valid[valid["user_idx"].isin(train["user_idx"])]
+    m = fit_bpr_distributed(train, 300, 200, world_size=1, n_factors=8, n_epochs=3,
+                            batch_size=256, lr=0.05, seed=4, valid=valid)
+    assert len(m.history_) == 3 and m.history_["valid"].notna().all()
+    final = evaluate_ranking(m, valid, train)["NDCG@10"]
+    assert m.history_["valid"].iloc[-1] == pytest.approx(final)
+    assert m.history_["valid"].iloc[-1] > m.history_["valid"].iloc[0]  # it learns
