@@ -150,14 +150,14 @@ def train_shard(task: Task, rank: int = 0, world_size: int = 1):
     return objective.state_dict(), history
 
 
-def _worker(rank, world_size, port, task, out):
+def _worker(rank, world_size, port, tasks, out):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world_size)
     try:
-        state, history = train_shard(task, rank, world_size)
+        results = [train_shard(task, rank, world_size) for task in tasks]
         if rank == 0:
-            torch.save({"state": state, "history": history}, out)
+            torch.save(results, out)
     finally:
         dist.destroy_process_group()
 
@@ -168,23 +168,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def fit_distributed(task: Task, world_size: int = 2):
+def fit_distributed(task: Task | list[Task], world_size: int = 2):
     """Run ``task``'s training loop on ``world_size`` processes; return its fitted model.
 
     With ``world_size=1`` the loop runs in this process, without a process group: the
     reference the distributed result is compared with. Otherwise ``world_size`` processes
     are spawned (gloo on CPU, one thread each) and process 0's parameters are returned
-    (every process holds the same ones).
+    (every process holds the same ones). A list of tasks is trained one after the other by
+    the same processes (started once) and gives a list of models.
     """
     world_size = check_positive_int(world_size, "world_size")
+    tasks = list(task) if isinstance(task, list | tuple) else [task]
     if world_size == 1:
-        return task.result(*train_shard(task))
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "rank0.pt"
-        mp.spawn(_worker, args=(world_size, _free_port(), task, out), nprocs=world_size,
-                 join=True)
-        result = torch.load(out, weights_only=False)
-    return task.result(result["state"], result["history"])
+        results = [train_shard(t) for t in tasks]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "rank0.pt"
+            mp.spawn(_worker, args=(world_size, _free_port(), tasks, out),
+                     nprocs=world_size, join=True)
+            results = torch.load(out, weights_only=False)
+    models = [t.result(state, history) for t, (state, history) in zip(tasks, results,
+                                                                       strict=True)]
+    return models if isinstance(task, list | tuple) else models[0]
 
 
 class _BPRObjective(nn.Module):
@@ -260,6 +265,16 @@ class BPRTask(PairsTask):
         return model
 
 
+def bpr_task(train: pd.DataFrame, n_users: int, n_items: int,
+             config: BPRConfig | None = None, valid: pd.DataFrame | None = None,
+             **overrides) -> BPRTask:
+    """The :class:`BPRTask` of :func:`fit_bpr_distributed` (same arguments), for
+    :func:`fit_distributed`."""
+    cfg = replace(config or BPRConfig(), **overrides)
+    users, items = distinct_pairs(train, n_users, n_items)
+    return BPRTask(users, items, n_users, n_items, cfg, valid)
+
+
 def fit_bpr_distributed(train: pd.DataFrame, n_users: int, n_items: int,
                         world_size: int = 2, config: BPRConfig | None = None,
                         valid: pd.DataFrame | None = None, **overrides) -> BPR:
@@ -283,9 +298,8 @@ def fit_bpr_distributed(train: pd.DataFrame, n_users: int, n_items: int,
         A fitted :class:`~recsys_ref.models.bpr.BPR` (``history_`` has each epoch's loss,
         seconds and, with ``valid``, validation metric on process 0).
     """
-    cfg = replace(config or BPRConfig(), **overrides)
-    users, items = distinct_pairs(train, n_users, n_items)
-    return fit_distributed(BPRTask(users, items, n_users, n_items, cfg, valid), world_size)
+    return fit_distributed(bpr_task(train, n_users, n_items, config, valid, **overrides),
+                           world_size)
 
 
 def main(argv=None) -> None:
@@ -309,7 +323,7 @@ def main(argv=None) -> None:
     try:
         state, history = train_shard(task, dist.get_rank(), dist.get_world_size())
         if dist.get_rank() == 0:
-            torch.save({"state": state, "history": history}, out)
+            torch.save({"state": state, "history": history}, out)  # one task: a dict
     finally:
         dist.destroy_process_group()
 

@@ -144,6 +144,25 @@ class SASRecTask(Task):
         return model
 
 
+def ncf_task(train: pd.DataFrame, n_users: int, n_items: int,
+             config: NCFConfig | None = None, **overrides) -> NCFTask:
+    """The :class:`NCFTask` of :func:`fit_ncf_distributed` (same arguments), for
+    :func:`recsys_ref.distributed.fit_distributed`."""
+    cfg = replace(config or NCFConfig(), **overrides)
+    users, items = distinct_pairs(train, n_users, n_items)
+    return NCFTask(users, items, n_users, n_items, cfg)
+
+
+def sasrec_task(train: pd.DataFrame, n_users: int, n_items: int,
+                config: SASRecConfig | None = None, **overrides) -> SASRecTask:
+    """The :class:`SASRecTask` of :func:`fit_sasrec_distributed` (same arguments), for
+    :func:`recsys_ref.distributed.fit_distributed`."""
+    check_frame(train, "train", ["user_idx", "item_idx", "timestamp"])
+    check_interactions(train, "train", n_users, n_items, unique=False)
+    cfg = replace(config or SASRecConfig(), **overrides)
+    return SASRecTask(train, n_users, n_items, cfg)
+
+
 def fit_ncf_distributed(train: pd.DataFrame, n_users: int, n_items: int,
                         world_size: int = 2, config: NCFConfig | None = None,
                         **overrides) -> NCF:
@@ -162,9 +181,7 @@ def fit_ncf_distributed(train: pd.DataFrame, n_users: int, n_items: int,
         A fitted :class:`~recsys_ref.models.ncf.NCF` (``history_``: each epoch's mean loss
         and seconds on process 0).
     """
-    cfg = replace(config or NCFConfig(), **overrides)
-    users, items = distinct_pairs(train, n_users, n_items)
-    return fit_distributed(NCFTask(users, items, n_users, n_items, cfg), world_size)
+    return fit_distributed(ncf_task(train, n_users, n_items, config, **overrides), world_size)
 
 
 def fit_sasrec_distributed(train: pd.DataFrame, n_users: int, n_items: int,
@@ -186,7 +203,5 @@ def fit_sasrec_distributed(train: pd.DataFrame, n_users: int, n_items: int,
     Returns:
         A fitted :class:`~recsys_ref.models.sasrec.SASRec`.
     """
-    check_frame(train, "train", ["user_idx", "item_idx", "timestamp"])
-    check_interactions(train, "train", n_users, n_items, unique=False)
-    cfg = replace(config or SASRecConfig(), **overrides)
-    return fit_distributed(SASRecTask(train, n_users, n_items, cfg), world_size)
+    return fit_distributed(sasrec_task(train, n_users, n_items, config, **overrides),
+                           world_size)
