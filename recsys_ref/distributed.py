@@ -111,8 +111,9 @@ class Task:
         return None
 
 
-def _zero_loss(module: nn.Module) -> torch.Tensor:
-    """A zero that depends on every parameter: an empty shard still joins the all-reduce."""
+def zero_loss(module: nn.Module) -> torch.Tensor:
+    """A zero that depends on every parameter: the loss of an empty shard, whose (zero)
+    gradients still join the all-reduce (objectives return it from ``forward``)."""
     return sum(p.sum() for p in module.parameters()) * 0.0
 
 
@@ -133,8 +134,9 @@ def train_shard(task: Task, rank: int = 0, world_size: int = 1):
         start = time.perf_counter()
         total, n_total = torch.zeros(1, dtype=torch.float64), 0  # summed loss, loss terms
         for users, tensors, normaliser, n_terms in task.batches(gen):
-            mine = users % world_size == rank  # this process's users
-            loss = net(*(t[mine] for t in tensors)) if mine.any() else _zero_loss(objective)
+            mine = users % world_size == rank  # this process's users (maybe none)
+            # always through net: DDP's forward prepares the all-reduce of the backward pass
+            loss = net(*(t[mine] for t in tensors))
             # x world_size / normaliser: DDP averages the gradients over the processes,
             # we want the gradient of the global batch's loss
             total += gradient_step(opt, loss * (world_size / normaliser)) * (
@@ -200,6 +202,8 @@ class _BPRObjective(nn.Module):
         self.factors, self.reg = factors, reg
 
     def forward(self, users, pos, neg):
+        if len(users) == 0:
+            return zero_loss(self)
         return bpr_loss(self.factors, users, pos, neg, self.reg)
 
 

@@ -29,6 +29,7 @@ from recsys_ref.distributed import (
     distinct_pairs,
     fit_distributed,
     sample_negatives_sparse,
+    zero_loss,
 )
 from recsys_ref.models.ncf import NCF, NCFConfig, NCFNet, ncf_loss
 from recsys_ref.models.sasrec import SASRec, SASRecConfig, next_item_loss
@@ -50,7 +51,10 @@ class _SumOfMean(nn.Module):
         self.net, self.loss, self.count, self.kwargs = net, loss, count, kwargs
 
     def forward(self, *shard):
-        return self.loss(self.net, *shard, **self.kwargs) * self.count(*shard)
+        count = self.count(*shard)
+        if count == 0:  # an empty shard (a mean over nothing would be NaN)
+            return zero_loss(self)
+        return self.loss(self.net, *shard, **self.kwargs) * count
 
 
 def _n_rows(*shard) -> int:

@@ -68,6 +68,8 @@ def fits(log):
     tasks = [bpr_task(log, 300, 200, **BPR_KW), ncf_task(log, 300, 200, **NCF_KW),
              sasrec_task(log, 300, 200, **SASREC_KW),
              ncf_task(log, 300, 200, **(NCF_KW | {"optimizer": "sgd", "lr": 0.1}))]
+    even = log[log["user_idx"] % 2 == 0]  # process 1's shard is empty in every batch
+    tasks += [bpr_task(even, 300, 200, **BPR_KW), sasrec_task(even, 300, 200, **SASREC_KW)]
     return fit_distributed(tasks, world_size=1), fit_distributed(tasks, world_size=2)
 
 
@@ -106,6 +108,17 @@ def test_torchrun_entry_point_equals_one_process(log, tmp_path):
                               batch_size=256, lr=0.01, seed=4)
     assert (one.factors_.Q - out["state"]["factors.Q"]).abs().max() < 1e-4
     assert len(out["history"]) == 2
+
+
+def test_a_process_without_users_still_joins_every_step(fits):
+    """All users even: process 1 computes nothing, yet its zero gradients keep the
+    all-reduce in step (no hang) and process 0's gradients are not halved."""
+    for j in (4, 5):
+        one, two = fits[0][j], fits[1][j]
+        module = (getattr(one, "net_", None) or one.factors_, getattr(two, "net_", None)
+                  or two.factors_)
+        assert _max_gap(*module) < 1e-4
+        assert one.history_["loss"].iloc[-1] < one.history_["loss"].iloc[0]
 
 
 def test_ncf_two_processes_equal_one_and_ncf_fit(log, fits):
