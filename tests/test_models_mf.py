@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_ref.matrix import column
+from recsys_ref.matrix import UserItems, as_pattern, column
 from recsys_ref.metrics import rmse
 from recsys_ref.models.baselines import BiasBaseline
 from recsys_ref.models.bpr import BPR, _draw_unseen, bpr_loss, sample_negatives
@@ -289,6 +289,22 @@ def test_sample_negatives_is_uniform_and_fast_for_a_user_who_has_seen_almost_eve
     assert counts.min() > 20 and counts.max() < 100
 
 
+def test_sample_negatives_from_sparse_user_items_equals_the_dense_mask():
+    n_items = 50
+    mask = torch.rand(6, n_items, generator=torch.Generator().manual_seed(4)) < 0.5
+    mask[5] = True
+    mask[5, [7, 31]] = False  # a user left with two items: the exact draw runs too
+    rows, cols = mask.nonzero(as_tuple=True)
+    seen = UserItems.from_pairs(rows, cols, 6, n_items)
+    users = torch.arange(6).repeat(300)
+    for k in (1, 4):
+        want = sample_negatives(users, n_items, k, mask, torch.Generator().manual_seed(5))
+        got = sample_negatives(users, n_items, k, seen, torch.Generator().manual_seed(5))
+        assert torch.equal(got, want) and not mask[users[:, None], got].any()
+    with pytest.raises(ValueError, match="exclude must cover"):
+        sample_negatives(users, n_items + 1, 1, seen)
+
+
 def test_bpr_is_deterministic_and_restores_its_best_epoch():
     df = low_rank_ratings(density=0.5)
     df = df[df["rating"] >= 3]  # implicit positives
@@ -343,11 +359,10 @@ def test_ials_step_matches_hu_et_al_weighted_ridge_per_user():
 
 def test_ials_loss_is_the_dense_objective():
     mask, W, H = ials_problem(2)
-    users, items = mask.nonzero(as_tuple=True)
-    counts = (mask.sum(1), mask.sum(0))
     for nu in (0.0, 1.0):
-        torch.testing.assert_close(ials_loss(W, H, users, items, counts, ALPHA0, LAM, nu),
-                                   ials_objective(W, H, mask, ALPHA0, LAM, nu))
+        want = ials_objective(W, H, mask, ALPHA0, LAM, nu)
+        torch.testing.assert_close(ials_loss(W, H, mask, ALPHA0, LAM, nu), want)
+        torch.testing.assert_close(ials_loss(W, H, as_pattern(mask), ALPHA0, LAM, nu), want)
 
 
 def test_ials_conjugate_gradient_converges_to_cholesky():

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import check_config, check_positive_int
-from recsys_ref.matrix import interaction_mask
+from recsys_ref.matrix import as_pattern, csr_pattern, pattern_rows, sorted_pairs
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
@@ -59,8 +59,14 @@ def ials_objective(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0:
     return fit + (pen_u * (W * W).sum(1)).sum() + (pen_i * (H * H).sum(1)).sum()
 
 
-def ials_loss(W: torch.Tensor, H: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-              counts, alpha0: float, reg: float, nu: float = 1.0) -> torch.Tensor:
+def observed_scores(W: torch.Tensor, H: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``(nnz,)`` scores :math:`w_u^\\top h_i` of the stored entries of the CSR pattern ``M``
+    (``(n_rows, n_cols)``), in its order: ``O(nnz d)`` work, no ``(nnz, d)`` gather."""
+    return torch.sparse.sampled_addmm(M, W, H.T, beta=0.0).values()
+
+
+def ials_loss(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: float, reg: float,
+              nu: float = 1.0) -> torch.Tensor:
     r""":func:`ials_objective` without the dense ``(n_users, n_items)`` score matrix.
 
     The unobserved term is a trace of two ``(d, d)`` Gramians,
@@ -69,19 +75,27 @@ def ials_loss(W: torch.Tensor, H: torch.Tensor, users: torch.Tensor, items: torc
 
     Args:
         W, H: as in :func:`ials_objective`.
-        users, items: ``(|S|,)`` the observed pairs (distinct).
-        counts: ``(|I_u| (n_users,), |U_i| (n_items,))`` observed counts.
+        mask: the observed set, a ``(n_users, n_items)`` sparse CSR pattern
+            (:func:`recsys_ref.matrix.csr_pattern`) or dense bool tensor.
         alpha0, reg, nu: as in :func:`ials_objective`.
 
     Returns:
         A scalar tensor, equal to :func:`ials_objective` up to rounding.
         See the chapter "Matrix factorization".
     """
-    s = (W[users] * H[items]).sum(-1)  # (|S|,) observed scores
+    M = _pattern(mask, W.dtype)
+    s = observed_scores(W, H, M)  # (|S|,) observed scores
     fit = ((1 - s) ** 2).sum() + alpha0 * ((W.T @ W) * (H.T @ H)).sum()
-    pen_u = ials_penalty(counts[0].to(W.dtype), len(H), alpha0, reg, nu)  # (n_users,)
-    pen_i = ials_penalty(counts[1].to(W.dtype), len(W), alpha0, reg, nu)  # (n_items,)
+    n_u = M.crow_indices().diff().to(W.dtype)  # (n_users,) |I_u|
+    n_i = torch.bincount(M.col_indices(), minlength=len(H)).to(W.dtype)  # (n_items,) |U_i|
+    pen_u = ials_penalty(n_u, len(H), alpha0, reg, nu)  # (n_users,)
+    pen_i = ials_penalty(n_i, len(W), alpha0, reg, nu)  # (n_items,)
     return fit + (pen_u * (W * W).sum(1)).sum() + (pen_i * (H * H).sum(1)).sum()
+
+
+def _pattern(mask, dtype: torch.dtype) -> torch.Tensor:
+    M = as_pattern(mask)
+    return M if M.dtype == dtype else M.to(dtype)
 
 
 def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: float, reg: float,
@@ -99,12 +113,16 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
     ``"cholesky"`` solves it exactly, all users batched
     (:func:`~recsys_ref.training.ridge_solve`); ``"cg"`` runs ``cg_steps`` conjugate-gradient
     steps from the current ``W`` (Takacs et al. 2011), whose products :math:`A_u v` need no
-    per-user matrix. For the items, pass ``(H, W, mask.T)``.
+    per-user matrix: their sparse part is a sampled product on the observed entries
+    (``torch.sparse.sampled_addmm``) followed by a sparse-dense product, ``O(|S| d)``.
+    For the items, pass ``(H, W, mask.T)``. Memory is ``O(|S| + (n_users + n_items) d)``
+    plus, for ``"cholesky"``, about 16 MB of ``(d, d)`` matrices at a time.
 
     Args:
         W: ``(n_users, d)`` current user factors (the CG starting point).
         H: ``(n_items, d)`` fixed item factors.
-        mask: ``(n_users, n_items)`` bool observed set.
+        mask: the observed set: a ``(n_users, n_items)`` sparse CSR pattern
+            (:func:`recsys_ref.matrix.csr_pattern`) or a dense bool tensor.
         alpha0, reg, nu: as in :func:`ials_objective`.
         solver: ``"cholesky"`` or ``"cg"``.
         cg_steps: conjugate-gradient steps (``"cg"`` only).
@@ -116,21 +134,23 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    M = _pattern(mask, H.dtype)  # (n_users, n_items) CSR, 1 on the observed set
     n_rows, d = W.shape
     gram = alpha0 * (H.T @ H)  # (d, d), shared by every user
-    penalty = ials_penalty(mask.sum(1).to(H.dtype), mask.shape[1], alpha0, reg, nu)  # (n_rows,)
+    counts = M.crow_indices().diff().to(H.dtype)  # (n_users,) |I_u|
+    penalty = ials_penalty(counts, M.shape[1], alpha0, reg, nu)  # (n_users,)
     if solver == "cholesky":
         if blocks is None:
-            blocks = row_blocks(*mask.nonzero(as_tuple=True), n_rows)
-        y = H.new_ones(int(mask.sum()))  # target 1 on every observed entry
+            blocks = row_blocks(pattern_rows(M), M.col_indices(), n_rows)
+        y = H.new_ones(M._nnz())  # target 1 on every observed entry
         return ridge_solve(blocks, H, y, penalty[:, None].expand(n_rows, d), n_rows, gram)
-    m = mask.to(H.dtype)  # (n_users, n_items)
 
     def A(V):  # (n_users, d) -> (n_users, d): A_u v_u for every user at once
-        return ((V @ H.T) * m) @ H + V @ gram + penalty[:, None] * V
+        S = torch.sparse.sampled_addmm(M, V, H.T, beta=0.0)  # CSR: v_u^T h_i on the pattern
+        return S @ H + V @ gram + penalty[:, None] * V
 
     X = W.clone()
-    R = m @ H - A(X)  # (n_users, d) residuals b - A x
+    R = M @ H - A(X)  # (n_users, d) residuals b - A x
     P, rs = R.clone(), (R * R).sum(1)  # search directions, squared residual norms
     for _ in range(check_positive_int(cg_steps, "cg_steps")):
         AP = A(P)
@@ -195,9 +215,10 @@ class IALS(ConfiguredRecommender):
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
         self._check_train(train)
-        mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
-        users, items = mask.nonzero(as_tuple=True)  # (n_pairs,) the observed set
-        counts = (mask.sum(1), mask.sum(0))  # (n_users,), (n_items,)
+        users, items = sorted_pairs(train, self.n_items)  # (n_pairs,) the observed set
+        # the observed set as sparse CSR patterns, one per side: nothing (n_users, n_items)
+        M = {"users": csr_pattern(users, items, self.n_users, self.n_items),
+             "items": csr_pattern(items, users, self.n_items, self.n_users)}
         n_pairs = len(users)
         gen = seed_everything(cfg.seed)
         self.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
@@ -206,16 +227,17 @@ class IALS(ConfiguredRecommender):
         f = self.factors_
         f.requires_grad_(False)  # closed-form updates only
         # the sparsity pattern is fixed: build the padded blocks once per side
-        blocks = {"users": row_blocks(*mask.nonzero(as_tuple=True), self.n_users),
-                  "items": row_blocks(*mask.T.nonzero(as_tuple=True), self.n_items)}
+        blocks = {"users": None, "items": None}
+        if cfg.solver == "cholesky":
+            blocks = {"users": row_blocks(users, items, self.n_users),
+                      "items": row_blocks(items, users, self.n_items)}
         hyper = dict(alpha0=cfg.alpha0, reg=cfg.reg, nu=cfg.nu, solver=cfg.solver,
                      cg_steps=cfg.cg_steps)
 
         def epoch(_):
-            f.P.copy_(ials_step(f.P, f.Q, mask, **hyper, blocks=blocks["users"]))
-            f.Q.copy_(ials_step(f.Q, f.P, mask.T, **hyper, blocks=blocks["items"]))
-            return ials_loss(f.P, f.Q, users, items, counts, cfg.alpha0, cfg.reg,
-                             cfg.nu).item() / n_pairs
+            f.P.copy_(ials_step(f.P, f.Q, M["users"], **hyper, blocks=blocks["users"]))
+            f.Q.copy_(ials_step(f.Q, f.P, M["items"], **hyper, blocks=blocks["items"]))
+            return ials_loss(f.P, f.Q, M["users"], cfg.alpha0, cfg.reg, cfg.nu).item() / n_pairs
 
         eval_fn = None if valid is None else ranking_eval_fn(self, valid, train, cfg.metric)
         result = fit_from_config(epoch, cfg, module=f, eval_fn=eval_fn, desc="iALS")
