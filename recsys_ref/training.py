@@ -315,7 +315,8 @@ def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_r
         A.diagonal(dim1=-2, dim2=-1).add_(reg[r])  # in place: no (g, k, k) diagonal matrix
         if gram is not None:
             A += gram
-        b = Xb.mT @ y[e][:, :, None]  # (g, k, 1)
+        b = (Xb * y[e][:, :, None]).sum(1)[:, :, None]  # (g, k, 1); bmm with one column
+        # ran 10x slower than this product and sum
         L, info = torch.linalg.cholesky_ex(A)  # info: no per-call error check
         if info.any():
             raise ValueError("ridge_solve: a row's system is not positive definite "

@@ -142,8 +142,12 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
     if solver == "cholesky":
         if blocks is None:
             blocks = row_blocks(pattern_rows(M), M.col_indices(), n_rows)
+        # rows with fewer entries than d: a smaller system (Woodbury); needs penalty > 0
+        short = [b for b in blocks if b[1].shape[1] < d] if reg > 0 else []
         y = H.new_ones(M._nnz())  # target 1 on every observed entry
-        return ridge_solve(blocks, H, y, penalty[:, None].expand(n_rows, d), n_rows, gram)
+        out = ridge_solve(blocks[len(short):] if short else blocks, H, y,
+                          penalty[:, None].expand(n_rows, d), n_rows, gram)
+        return _solve_short_rows(short, H, penalty, gram, out)
 
     def A(V):  # (n_users, d) -> (n_users, d): A_u v_u for every user at once
         S = torch.sparse.sampled_addmm(M, V, H.T, beta=0.0)  # CSR: v_u^T h_i on the pattern
@@ -161,6 +165,41 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
         P = R + torch.where(rs > 0, rs_new / rs.clamp(min=1e-30), 0.0)[:, None] * P
         rs = rs_new
     return X
+
+
+def _solve_short_rows(blocks, H: torch.Tensor, penalty: torch.Tensor, gram: torch.Tensor,
+                      out: torch.Tensor) -> torch.Tensor:
+    r""":func:`ials_step`'s exact solve for rows with ``L < d`` entries, written into ``out``.
+
+    With :math:`G = Q \Lambda Q^\top` (one eigendecomposition per half-sweep) the shared
+    part :math:`B_u = G + p_u I = Q (\Lambda + p_u I) Q^\top` is diagonal in the rotated
+    basis :math:`Z = H Q`, and the Woodbury identity gives, with :math:`Z_u` the user's
+    ``(L, d)`` rows and :math:`D_u = (\Lambda + p_u I)^{-1}`,
+
+    .. math::
+        w_u = (B_u + H_u^\top H_u)^{-1} H_u^\top 1
+            = Q D_u Z_u^\top (I_L + Z_u D_u Z_u^\top)^{-1} 1:
+
+    an ``(L, L)`` Cholesky factorisation instead of a ``(d, d)`` one, ``O(L^2 d)`` work
+    instead of ``O(L d^2 + d^3)``. Blocks come from :func:`~recsys_ref.training.row_blocks`
+    (padding: a zero row of ``Z`` and a zero target).
+    """
+    if not blocks:
+        return out
+    lam, Q = torch.linalg.eigh(gram.double())  # (d,), (d, d): gram = Q diag(lam) Q^T
+    lam, Q = lam.clamp(min=0).to(H.dtype), Q.to(H.dtype)
+    Z = torch.cat([H @ Q, H.new_zeros(1, H.shape[1])])  # (n_cols + 1, d); index -1: padding
+    for r, c, _ in blocks:
+        Zb = Z[c]  # (g, L, d)
+        ZD = Zb / (lam + penalty[r, None])[:, None, :]  # (g, L, d) rows of Z_u D_u
+        K = ZD @ Zb.mT  # (g, L, L)
+        K.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        L, info = torch.linalg.cholesky_ex(K)
+        if info.any():
+            raise ValueError("ials_step: a row's system is not positive definite")
+        t = torch.cholesky_solve((c >= 0).to(H.dtype)[:, :, None], L)  # (g, L, 1)
+        out[r] = (ZD * t).sum(1) @ Q.T  # (g, d): (Q D_u Z_u^T t)^T, without a 1-column bmm
+    return out
 
 
 @dataclass
@@ -201,6 +240,11 @@ class IALS(ConfiguredRecommender):
     ignored), every cell is pulled towards 0 with weight :math:`\alpha_0`, and alternating
     exact solves (:func:`ials_step`) minimise :func:`ials_objective`. With ``valid`` given to
     :meth:`fit`, the sweep with the best validation ``metric`` is kept.
+
+    :meth:`fit` is sparse: the observed set is held as CSR patterns and padded row blocks,
+    the per-sweep loss uses :func:`ials_loss`, so fitting takes ``O(nnz + (n_users +
+    n_items) d)`` memory and nothing of size ``(n_users, n_items)``; :meth:`score` allocates
+    ``(batch, n_items)`` only.
 
     Args:
         n_users, n_items: table sizes.

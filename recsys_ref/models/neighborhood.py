@@ -411,6 +411,11 @@ class ItemKNN(Recommender):
         s_{ij} = \\frac{|U_i \\cap U_j|}{\\sqrt{|U_i|\\,|U_j|} + h}, \\qquad
         \\text{score}(u, i) = \\sum_{j \\in I_u \\cap N^k(i)} s_{ij}
 
+    Sparse: ``S_`` holds the ``k`` kept similarities of each item as a CSR matrix
+    (:func:`knn_cosine`), the training pairs are a CSR pattern, and :meth:`score` is a
+    sparse-dense product, so memory is ``O(nnz + n_items k)`` plus ``O(batch x n_items)`` per
+    scored batch.
+
     Args:
         n_users: number of users.
         n_items: number of items.
@@ -459,6 +464,10 @@ class UserKNN(Recommender):
     .. math::
         s_{uv} = \\frac{|I_u \\cap I_v|}{\\sqrt{|I_u|\\,|I_v|} + h}, \\qquad
         \\text{score}(u, i) = \\sum_{v \\in N^k(u)} s_{uv}\\, x_{vi}
+
+    Sparse like :class:`ItemKNN`: ``S_`` is a CSR ``(n_users, n_users)`` matrix with ``k``
+    entries per row; memory is ``O(nnz + n_users k)`` plus ``O(batch x (n_users + n_items))``
+    per scored batch.
 
     Args:
         n_users: number of users.
