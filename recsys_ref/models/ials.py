@@ -111,12 +111,14 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
               + \lambda (|I_u| + \alpha_0 |I|)^\nu \, I \Big)^{-1} \sum_{i \in I_u} h_i
 
     ``"cholesky"`` solves it exactly, all users batched
-    (:func:`~recsys_ref.training.ridge_solve`); ``"cg"`` runs ``cg_steps`` conjugate-gradient
-    steps from the current ``W`` (Takacs et al. 2011), whose products :math:`A_u v` need no
-    per-user matrix: their sparse part is a sampled product on the observed entries
-    (``torch.sparse.sampled_addmm``) followed by a sparse-dense product, ``O(|S| d)``.
-    For the items, pass ``(H, W, mask.T)``. Memory is ``O(|S| + (n_users + n_items) d)``
-    plus, for ``"cholesky"``, about 16 MB of ``(d, d)`` matrices at a time.
+    (:func:`~recsys_ref.training.ridge_solve`; a user with fewer than ``d`` items by the
+    equivalent ``(|I_u|, |I_u|)`` system of the Woodbury identity); ``"cg"`` runs
+    ``cg_steps`` conjugate-gradient steps from the current ``W`` (Takacs et al. 2011),
+    whose products :math:`A_u v` need no per-user matrix: their sparse part is a sampled
+    product on the observed entries (``torch.sparse.sampled_addmm``) followed by a
+    sparse-dense product, ``O(|S| d)``. For the items, pass ``(H, W, mask.T)``. Memory is
+    ``O(|S| + (n_users + n_items) d)`` plus, for ``"cholesky"``, one block of 32 users'
+    ``(d, d)`` matrices at a time.
 
     Args:
         W: ``(n_users, d)`` current user factors (the CG starting point).
