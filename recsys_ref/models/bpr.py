@@ -39,9 +39,8 @@ def sample_negatives(users: torch.Tensor, n_items: int, n_negatives: int = 1,
         n_items: items are drawn from ``0..n_items-1``.
         n_negatives: draws per user.
         exclude: optional items never to return (the user's training positives): a
-            :class:`recsys_ref.matrix.UserItems` (sparse: only the batch's rows are built,
-            ``O(len(users) x n_items)`` memory) or a ``(n_users, n_items)`` bool mask; both
-            give the same draws.
+            :class:`recsys_ref.matrix.UserItems` (sparse: membership by binary search) or a
+            ``(n_users, n_items)`` bool mask; both give the same draws.
         generator: the source of randomness (see :func:`recsys_ref.training.seed_everything`).
 
     Returns:
@@ -54,21 +53,26 @@ def sample_negatives(users: torch.Tensor, n_items: int, n_negatives: int = 1,
     if isinstance(exclude, UserItems):
         if exclude.n_items != n_items:
             raise ValueError(f"exclude must cover {n_items} items, got {exclude.n_items}")
-        # the rows of this batch's users only, (n_unique, n_items): one lookup per draw as
-        # with a full mask (a binary search per draw among the pairs ran 5-100x slower)
-        uniq, users = torch.unique(users, return_inverse=True)
-        exclude = exclude.rows(uniq)
+        has, rows = exclude.contains, exclude.rows  # binary search; no (n_users, n_items)
     elif exclude.dtype != torch.bool or exclude.dim() != 2 or exclude.shape[1] != n_items:
         raise ValueError(f"exclude must be a (n_users, {n_items}) bool tensor or UserItems, "
                          f"got {exclude.dtype} of shape {tuple(exclude.shape)}")
-    bad = exclude[users[:, None], neg]  # (n, n_negatives) True on a positive
+    else:
+        def has(u, i):
+            return exclude[u, i]
+
+        def rows(u):
+            return exclude[u]
+    users = users[:, None].expand_as(neg)  # (n, n_negatives)
+    bad = has(users, neg)  # (n, n_negatives) True on a positive
     for _ in range(_REJECTION_ROUNDS):
         if not bad.any():
             return neg
-        neg[bad] = torch.randint(n_items, (int(bad.sum()),), generator=generator)
-        bad = exclude[users[:, None], neg]
+        redo = bad.nonzero(as_tuple=True)  # only the collisions are redrawn and re-checked
+        neg[redo] = torch.randint(n_items, (len(redo[0]),), generator=generator)
+        bad[redo] = has(users[redo], neg[redo])
     if bad.any():  # users who have seen almost everything: draw from their complement
-        neg[bad] = _draw_unseen(exclude[users[:, None].expand_as(neg)[bad]], generator)
+        neg[bad] = _draw_unseen(rows(users[bad]), generator)
     return neg
 
 
