@@ -1,13 +1,15 @@
-"""User-item matrices built from a ratings frame: dense ones, and per-user item sets that
-give a batch of users' rows on demand.
+"""User-item matrices built from a ratings frame: dense ones, per-user item sets that give a
+batch of users' rows on demand, and sparse CSR patterns for sparse products.
 
-MovieLens-100K's 943 x 1,682 matrix has 1.6M cells, so dense tensors are both the simplest
-and the fastest representation on a CPU for a model's own training; evaluation builds only a
-batch of users' rows at a time from :class:`UserItems`, so its memory does not grow with the
-number of users.
+MovieLens-100K's 943 x 1,682 matrix has 1.6M cells, so dense tensors are the simplest
+representation for small models; evaluation builds only a batch of users' rows at a time from
+:class:`UserItems`, and iALS, BPR and the neighbourhood models train and score from sparse
+structures (:func:`csr_pattern`), so their memory does not grow with ``n_users x n_items``.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import pandas as pd
 import torch
@@ -119,3 +121,62 @@ class UserItems:
         out = torch.zeros(len(users), self.n_items, dtype=torch.bool)
         out[row, self.items[torch.repeat_interleave(start, n) + offset]] = True
         return out
+
+
+def sorted_pairs(df: pd.DataFrame, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(users, items)``, the distinct pairs of ``df`` sorted by user, then item (the order of
+    ``interaction_mask(df, ...).nonzero()``, without the mask)."""
+    keys = torch.unique(column(df, "user_idx") * n_items + column(df, "item_idx"))  # sorted
+    return keys // n_items, keys % n_items
+
+
+def csr_pattern(rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int,
+                values: torch.Tensor | None = None) -> torch.Tensor:
+    """A sparse CSR ``(n_rows, n_cols)`` float32 tensor with ``values`` (default 1) at the
+    distinct ``(rows, cols)`` entries: the interaction matrix without its zeros.
+
+    Memory is ``O(nnz + n_rows)``. ``A @ dense`` and ``torch.sparse.sampled_addmm`` on it cost
+    ``O(nnz x d)``, which is how iALS and the neighbourhood models stay sparse.
+
+    Args:
+        rows, cols: ``(nnz,)`` long coordinates, distinct pairs (any order).
+        n_rows, n_cols: the shape.
+        values: optional ``(nnz,)`` values in the order of ``rows``.
+    """
+    order = torch.argsort(rows * n_cols + cols)
+    counts = torch.bincount(rows, minlength=n_rows)  # (n_rows,)
+    crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    vals = torch.ones(len(rows)) if values is None else values[order].float()
+    with warnings.catch_warnings():  # torch warns once that CSR support is "beta"
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return torch.sparse_csr_tensor(crow, cols[order], vals, size=(n_rows, n_cols),
+                                       check_invariants=False)
+
+
+def as_pattern(mask: torch.Tensor) -> torch.Tensor:
+    """A 0/1 CSR pattern from a dense ``(n_rows, n_cols)`` bool ``mask``, or a CSR tensor
+    passed through (see :func:`csr_pattern`)."""
+    if isinstance(mask, torch.Tensor) and mask.layout == torch.sparse_csr and mask.dim() == 2:
+        return mask
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.dim() != 2:
+        raise ValueError("mask must be a 2-D bool tensor or a sparse CSR tensor")
+    rows, cols = mask.nonzero(as_tuple=True)
+    return csr_pattern(rows, cols, *mask.shape)
+
+
+def pattern_rows(M: torch.Tensor) -> torch.Tensor:
+    """``(nnz,)`` row index of every stored entry of the CSR tensor ``M``."""
+    crow = M.crow_indices()
+    return torch.repeat_interleave(torch.arange(len(crow) - 1), crow[1:] - crow[:-1])
+
+
+def csr_rows(M: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``(len(rows), n_cols)`` dense rows of the CSR tensor ``M``: a batch, never all of it."""
+    crow = M.crow_indices()
+    start, n = crow[rows], crow[rows + 1] - crow[rows]  # (b,)
+    row = torch.repeat_interleave(torch.arange(len(rows)), n)  # (nnz_b,)
+    # position of each entry in M's arrays: its row's start plus its offset in the row
+    pos = torch.arange(int(n.sum())) + torch.repeat_interleave(start - (n.cumsum(0) - n), n)
+    out = torch.zeros(len(rows), M.shape[1], dtype=M.dtype)
+    out[row, M.col_indices()[pos]] = M.values()[pos]
+    return out

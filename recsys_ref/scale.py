@@ -13,13 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from recsys_ref.checks import check_interactions, check_positive_int
-from recsys_ref.matrix import column
-from recsys_ref.models.ials import IALS, IALSConfig, ials_penalty
-from recsys_ref.models.mf import Factors
-from recsys_ref.training import ridge_solve, row_blocks, seed_everything
+from recsys_ref.models.ials import IALS, IALSConfig
 
 
 def power_law_log(n_users: int, n_items: int, n_interactions: int, n_clusters: int = 50,
@@ -92,12 +88,10 @@ def fit_ials_sparse(train: pd.DataFrame, n_users: int, n_items: int,
                     config: IALSConfig | None = None, **overrides) -> IALS:
     """:class:`~recsys_ref.models.ials.IALS` fitted from the sparse training pairs alone.
 
-    The same alternating exact solves as ``IALS.fit`` (its Cholesky solver,
-    :func:`~recsys_ref.training.ridge_solve` over :func:`~recsys_ref.training.row_blocks`)
-    and the same seeded initialisation, but nothing of size ``(n_users, n_items)``: no
-    interaction mask and no per-sweep dense objective (``W H^T`` is 20 GB at 100,000 x
-    50,000). Memory is ``O(nnz + (n_users + n_items) d)``; every sweep runs (no early
-    stopping). ``history_`` records each sweep's seconds.
+    ``IALS.fit`` itself is sparse (CSR patterns and padded row blocks, no
+    ``(n_users, n_items)`` tensor); this wrapper keeps the appendix's contract: the exact
+    Cholesky solver, every sweep run (no early stopping) and ``history_`` as a frame with
+    each sweep's ``seconds``. Memory is ``O(nnz + (n_users + n_items) d)``.
 
     Args:
         train: ``user_idx, item_idx`` pairs (distinct; ratings are ignored).
@@ -109,33 +103,12 @@ def fit_ials_sparse(train: pd.DataFrame, n_users: int, n_items: int,
         A fitted :class:`~recsys_ref.models.ials.IALS`.
     """
     model = IALS(n_users, n_items, config, **overrides)
-    cfg = model.config
-    if cfg.solver != "cholesky":
+    if model.config.solver != "cholesky":
         raise ValueError(f"fit_ials_sparse solves exactly: solver must be 'cholesky', "
-                         f"got {cfg.solver!r}")
+                         f"got {model.config.solver!r}")
     check_interactions(train, "train", n_users, n_items)
-    keys = torch.sort(column(train, "user_idx") * n_items + column(train, "item_idx")).values
-    users, items = keys // n_items, keys % n_items  # (nnz,) sorted by user, then item
-    gen = seed_everything(cfg.seed)
-    f = Factors(n_users, n_items, cfg.n_factors, user_bias=False, item_bias=False,
-                init_std=cfg.init_std / cfg.n_factors ** 0.5, generator=gen)
-    f.requires_grad_(False)
-    # each side: its padded blocks, its per-row penalties, and the other side's count
-    sides = [(row_blocks(users, items, n_users), torch.bincount(users, minlength=n_users),
-              n_items),
-             (row_blocks(items, users, n_items), torch.bincount(items, minlength=n_items),
-              n_users)]
-    y = torch.ones(len(keys))  # target 1 on every observed pair
-    history = []
-    for _ in range(cfg.n_epochs):
-        start = time.perf_counter()
-        for (blocks, counts, n_other), (W, H) in zip(sides, ((f.P, f.Q), (f.Q, f.P)),
-                                                      strict=True):
-            penalty = ials_penalty(counts.to(H.dtype), n_other, cfg.alpha0, cfg.reg, cfg.nu)
-            W.copy_(ridge_solve(blocks, H, y, penalty[:, None].expand(len(W), H.shape[1]),
-                                len(W), cfg.alpha0 * (H.T @ H)))
-        history.append({"epoch": len(history) + 1, "seconds": time.perf_counter() - start})
-    model.factors_, model.history_, model.best_epoch_ = f, pd.DataFrame(history), cfg.n_epochs
+    model.fit(train[["user_idx", "item_idx"]])
+    model.history_ = pd.DataFrame(model.history_)
     return model
 
 

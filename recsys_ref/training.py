@@ -307,12 +307,19 @@ def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_r
     X = torch.cat([X, X.new_zeros(1, X.shape[1])])  # (n_cols + 1, k): index -1 is a zero row
     y = torch.cat([y, y.new_zeros(1)])  # (n + 1,): entry n is padding
     out = X.new_zeros(n_rows, X.shape[1])
+    # one Cholesky call per block of 32 rows: its (32, k, k) matrices stay in the cache
+    # (calls over 1,000 rows at once ran 1.5-2x slower here)
     for r, c, e in blocks:
         Xb = X[c]  # (g, L, k), zero rows on padding
         A = Xb.mT @ Xb  # (g, k, k)
         A.diagonal(dim1=-2, dim2=-1).add_(reg[r])  # in place: no (g, k, k) diagonal matrix
         if gram is not None:
             A += gram
-        b = Xb.mT @ y[e][:, :, None]  # (g, k, 1)
-        out[r] = torch.cholesky_solve(b, torch.linalg.cholesky(A))[:, :, 0]
+        b = (Xb * y[e][:, :, None]).sum(1)[:, :, None]  # (g, k, 1); bmm with one column
+        # ran 10x slower than this product and sum
+        L, info = torch.linalg.cholesky_ex(A)  # info: no per-call error check
+        if info.any():
+            raise ValueError("ridge_solve: a row's system is not positive definite "
+                             "(raise reg or gram)")
+        out[r] = torch.cholesky_solve(b, L)[:, :, 0]
     return out

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_ref.matrix import interaction_mask, rating_matrix
+from recsys_ref.matrix import as_pattern, interaction_mask, rating_matrix
 from recsys_ref.models.baselines import (
     BiasBaseline,
     GlobalMean,
@@ -21,7 +21,7 @@ from recsys_ref.models.neighborhood import (
     ItemKNN,
     KNNRating,
     UserKNN,
-    _keep_top_k,
+    _top_k_entries,
     knn_cosine,
     similarity_matrix,
     support,
@@ -238,15 +238,26 @@ def test_item_and_user_knn_match_loops():
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
-def test_keep_top_k_is_a_stable_sort_cut_at_k():
-    # rows full of ties: kept entries must be those of a stable descending sort
+def stable_top_k(sim, k):
+    """Reference: zero all but the first k entries of a stable descending sort of each row."""
+    if k is None:
+        return sim.clone()
+    idx = sim.sort(dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.zeros_like(sim).scatter_(1, idx, sim.gather(1, idx))
+
+
+def test_top_k_entries_are_a_stable_sort_cut_at_k():
+    # rows full of ties and zeros: kept entries must be those of a stable descending sort
     gen = torch.Generator().manual_seed(0)
     sim = torch.randint(0, 4, (50, 30), generator=gen).double()
-    for k in (1, 3, 10, 29):
-        idx = sim.sort(dim=1, descending=True, stable=True).indices[:, :k]
-        want = torch.zeros_like(sim).scatter_(1, idx, sim.gather(1, idx))
-        assert torch.equal(_keep_top_k(sim, k), want)
-        assert ((_keep_top_k(sim + 1, k) != 0).sum(1) == k).all()  # exactly k, ties or not
+    for k in (1, 3, 10, 29, 30, None):
+        for s in (sim, sim + 1):
+            r, c = _top_k_entries(s, k)
+            got = torch.zeros_like(s)
+            got[r, c] = s[r, c]
+            assert torch.equal(got, stable_top_k(s, k)) and (s[r, c] != 0).all()
+        if k is not None:  # exactly k when there are no zeros, ties or not
+            assert len(_top_k_entries(sim + 1, k)[0]) == k * len(sim)
 
 
 @pytest.mark.parametrize("block_size", [1, 4, None])
@@ -257,9 +268,23 @@ def test_knn_cosine_blocks_match_dense(block_size):
     cnt = co.diagonal()
     sim = co / ((cnt[:, None] * cnt[None, :]).sqrt() + 1.0)
     sim.fill_diagonal_(0.0)
-    for k in (2, None):
-        want = _keep_top_k(sim, k).float()
-        assert torch.equal(knn_cosine(X, 1.0, k, block_size=block_size), want)
+    for k in (1, 2, 5, None):
+        want = stable_top_k(sim, k).float()
+        got = knn_cosine(X, 1.0, k, block_size=block_size)
+        assert got.layout == torch.sparse_csr and torch.equal(got.to_dense(), want)
+        assert torch.equal(knn_cosine(as_pattern(X > 0), 1.0, k).to_dense(), want)
+
+
+def test_item_and_user_knn_score_as_the_dense_products():
+    df = ratings_frame(seed=9, density=0.3)
+    X = interaction_mask(df, N_USERS, N_ITEMS).float()
+    users = torch.tensor([4, 0, 4, N_USERS - 1])
+    item, user = ItemKNN(N_USERS, N_ITEMS, k=3).fit(df), UserKNN(N_USERS, N_ITEMS, k=3).fit(df)
+    W, S = item.S_.to_dense().T, user.S_.to_dense()  # W[j, i] = s_ij; S[u, v] = s_uv
+    torch.testing.assert_close(item.score(users), X[users] @ W)
+    torch.testing.assert_close(item.W_.to_dense(), W)
+    torch.testing.assert_close(user.score(users), S[users] @ X)
+    assert ((item.S_.to_dense() != 0).sum(1) <= 3).all()  # k per row, stored sparse
 
 
 def test_ease_matches_numpy():

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys_ref.matrix import column
+from recsys_ref.matrix import UserItems, as_pattern, column
 from recsys_ref.metrics import rmse
 from recsys_ref.models.baselines import BiasBaseline
 from recsys_ref.models.bpr import BPR, _draw_unseen, bpr_loss, sample_negatives
@@ -289,6 +289,22 @@ def test_sample_negatives_is_uniform_and_fast_for_a_user_who_has_seen_almost_eve
     assert counts.min() > 20 and counts.max() < 100
 
 
+def test_sample_negatives_from_sparse_user_items_equals_the_dense_mask():
+    n_items = 50
+    mask = torch.rand(6, n_items, generator=torch.Generator().manual_seed(4)) < 0.5
+    mask[5] = True
+    mask[5, [7, 31]] = False  # a user left with two items: the exact draw runs too
+    rows, cols = mask.nonzero(as_tuple=True)
+    seen = UserItems.from_pairs(rows, cols, 6, n_items)
+    users = torch.arange(6).repeat(300)
+    for k in (1, 4):
+        want = sample_negatives(users, n_items, k, mask, torch.Generator().manual_seed(5))
+        got = sample_negatives(users, n_items, k, seen, torch.Generator().manual_seed(5))
+        assert torch.equal(got, want) and not mask[users[:, None], got].any()
+    with pytest.raises(ValueError, match="exclude must cover"):
+        sample_negatives(users, n_items + 1, 1, seen)
+
+
 def test_bpr_is_deterministic_and_restores_its_best_epoch():
     df = low_rank_ratings(density=0.5)
     df = df[df["rating"] >= 3]  # implicit positives
@@ -341,13 +357,46 @@ def test_ials_step_matches_hu_et_al_weighted_ridge_per_user():
     torch.testing.assert_close(W_new.grad, torch.zeros_like(W_new), atol=1e-10, rtol=0)
 
 
+def test_ials_step_short_rows_by_woodbury_equal_the_direct_solve():
+    # 300 users, d = 16: blocks of short rows (L < d) take the Woodbury path, long ones not
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(300, 200, generator=gen) < 0.06
+    mask[0], mask[1, :150] = False, True  # a user without items, a long row
+    W = torch.randn(300, 16, generator=gen, dtype=torch.float64) * 0.3
+    H = torch.randn(200, 16, generator=gen, dtype=torch.float64) * 0.3
+    want = torch.zeros_like(W)
+    for u in range(1, 300):
+        items = mask[u].nonzero()[:, 0]
+        A = ALPHA0 * H.T @ H + H[items].T @ H[items]
+        A += LAM * (len(items) + ALPHA0 * 200) * torch.eye(16, dtype=torch.float64)
+        want[u] = torch.linalg.solve(A, H[items].sum(0))
+    got = ials_step(W, H, mask, ALPHA0, LAM)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ials_step(W, H, as_pattern(mask), ALPHA0, LAM), got)
+    lengths = mask.sum(1)
+    assert (lengths[lengths > 0] < 16).sum() > 32 and (lengths >= 16).sum() >= 1  # both paths
+
+
+def test_ials_and_bpr_fit_where_a_dense_user_item_matrix_could_not_exist():
+    # 200,000 x 200,000 cells: a dense bool mask alone would take 40 GB
+    n = 200_000
+    gen = torch.Generator().manual_seed(1)
+    df = pd.DataFrame({"user_idx": torch.randint(n, (3000,), generator=gen).numpy(),
+                       "item_idx": torch.randint(n, (3000,), generator=gen).numpy()})
+    df = df.drop_duplicates(["user_idx", "item_idx"])
+    for solver in ("cholesky", "cg"):
+        model = IALS(n, n, n_factors=4, n_epochs=2, solver=solver).fit(df)
+        assert torch.isfinite(model.score(torch.tensor([int(df.user_idx.iloc[0])]))).all()
+    model = BPR(n, n, n_factors=4, n_epochs=1).fit(df)
+    assert torch.isfinite(model.factors_.P).all()
+
+
 def test_ials_loss_is_the_dense_objective():
     mask, W, H = ials_problem(2)
-    users, items = mask.nonzero(as_tuple=True)
-    counts = (mask.sum(1), mask.sum(0))
     for nu in (0.0, 1.0):
-        torch.testing.assert_close(ials_loss(W, H, users, items, counts, ALPHA0, LAM, nu),
-                                   ials_objective(W, H, mask, ALPHA0, LAM, nu))
+        want = ials_objective(W, H, mask, ALPHA0, LAM, nu)
+        torch.testing.assert_close(ials_loss(W, H, mask, ALPHA0, LAM, nu), want)
+        torch.testing.assert_close(ials_loss(W, H, as_pattern(mask), ALPHA0, LAM, nu), want)
 
 
 def test_ials_conjugate_gradient_converges_to_cholesky():

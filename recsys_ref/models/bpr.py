@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys_ref.checks import check_config, check_positive_int
-from recsys_ref.matrix import interaction_mask
+from recsys_ref.matrix import UserItems, sorted_pairs
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
@@ -38,8 +38,9 @@ def sample_negatives(users: torch.Tensor, n_items: int, n_negatives: int = 1,
         users: ``(n,)`` user indices.
         n_items: items are drawn from ``0..n_items-1``.
         n_negatives: draws per user.
-        exclude: optional ``(n_users, n_items)`` bool mask of items never to return
-            (the user's training positives).
+        exclude: optional items never to return (the user's training positives): a
+            :class:`recsys_ref.matrix.UserItems` (sparse: membership by binary search) or a
+            ``(n_users, n_items)`` bool mask; both give the same draws.
         generator: the source of randomness (see :func:`recsys_ref.training.seed_everything`).
 
     Returns:
@@ -49,17 +50,29 @@ def sample_negatives(users: torch.Tensor, n_items: int, n_negatives: int = 1,
     neg = torch.randint(n_items, (len(users), n_negatives), generator=generator)
     if exclude is None:
         return neg
-    if exclude.dtype != torch.bool or exclude.dim() != 2 or exclude.shape[1] != n_items:
-        raise ValueError(f"exclude must be a (n_users, {n_items}) bool tensor, "
+    if isinstance(exclude, UserItems):
+        if exclude.n_items != n_items:
+            raise ValueError(f"exclude must cover {n_items} items, got {exclude.n_items}")
+        has, rows = exclude.contains, exclude.rows  # binary search; no (n_users, n_items)
+    elif exclude.dtype != torch.bool or exclude.dim() != 2 or exclude.shape[1] != n_items:
+        raise ValueError(f"exclude must be a (n_users, {n_items}) bool tensor or UserItems, "
                          f"got {exclude.dtype} of shape {tuple(exclude.shape)}")
-    bad = exclude[users[:, None], neg]  # (n, n_negatives) True on a positive
+    else:
+        def has(u, i):
+            return exclude[u, i]
+
+        def rows(u):
+            return exclude[u]
+    users = users[:, None].expand_as(neg)  # (n, n_negatives)
+    bad = has(users, neg)  # (n, n_negatives) True on a positive
     for _ in range(_REJECTION_ROUNDS):
         if not bad.any():
             return neg
-        neg[bad] = torch.randint(n_items, (int(bad.sum()),), generator=generator)
-        bad = exclude[users[:, None], neg]
+        redo = bad.nonzero(as_tuple=True)  # only the collisions are redrawn and re-checked
+        neg[redo] = torch.randint(n_items, (len(redo[0]),), generator=generator)
+        bad[redo] = has(users[redo], neg[redo])
     if bad.any():  # users who have seen almost everything: draw from their complement
-        neg[bad] = _draw_unseen(exclude[users[:, None].expand_as(neg)[bad]], generator)
+        neg[bad] = _draw_unseen(rows(users[bad]), generator)
     return neg
 
 
@@ -165,8 +178,9 @@ class BPR(ConfiguredRecommender):
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
         self._check_train(train)
-        seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
-        users, items = seen.nonzero(as_tuple=True)  # (n,) distinct pairs
+        # sparse: the positives per user (CSR) and the distinct pairs sorted by user
+        seen = UserItems(train, self.n_users, self.n_items, name="train")
+        users, items = sorted_pairs(train, self.n_items)  # (n,) distinct pairs
         gen = seed_everything(cfg.seed)
         self.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
                                 item_bias=cfg.item_bias, init_std=cfg.init_std, generator=gen)

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import check_config, check_positive_int
-from recsys_ref.matrix import interaction_mask
+from recsys_ref.matrix import as_pattern, csr_pattern, pattern_rows, sorted_pairs
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
@@ -59,8 +59,14 @@ def ials_objective(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0:
     return fit + (pen_u * (W * W).sum(1)).sum() + (pen_i * (H * H).sum(1)).sum()
 
 
-def ials_loss(W: torch.Tensor, H: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-              counts, alpha0: float, reg: float, nu: float = 1.0) -> torch.Tensor:
+def observed_scores(W: torch.Tensor, H: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """``(nnz,)`` scores :math:`w_u^\\top h_i` of the stored entries of the CSR pattern ``M``
+    (``(n_rows, n_cols)``), in its order: ``O(nnz d)`` work, no ``(nnz, d)`` gather."""
+    return torch.sparse.sampled_addmm(M, W, H.T, beta=0.0).values()
+
+
+def ials_loss(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: float, reg: float,
+              nu: float = 1.0) -> torch.Tensor:
     r""":func:`ials_objective` without the dense ``(n_users, n_items)`` score matrix.
 
     The unobserved term is a trace of two ``(d, d)`` Gramians,
@@ -69,19 +75,27 @@ def ials_loss(W: torch.Tensor, H: torch.Tensor, users: torch.Tensor, items: torc
 
     Args:
         W, H: as in :func:`ials_objective`.
-        users, items: ``(|S|,)`` the observed pairs (distinct).
-        counts: ``(|I_u| (n_users,), |U_i| (n_items,))`` observed counts.
+        mask: the observed set, a ``(n_users, n_items)`` sparse CSR pattern
+            (:func:`recsys_ref.matrix.csr_pattern`) or dense bool tensor.
         alpha0, reg, nu: as in :func:`ials_objective`.
 
     Returns:
         A scalar tensor, equal to :func:`ials_objective` up to rounding.
         See the chapter "Matrix factorization".
     """
-    s = (W[users] * H[items]).sum(-1)  # (|S|,) observed scores
+    M = _pattern(mask, W.dtype)
+    s = observed_scores(W, H, M)  # (|S|,) observed scores
     fit = ((1 - s) ** 2).sum() + alpha0 * ((W.T @ W) * (H.T @ H)).sum()
-    pen_u = ials_penalty(counts[0].to(W.dtype), len(H), alpha0, reg, nu)  # (n_users,)
-    pen_i = ials_penalty(counts[1].to(W.dtype), len(W), alpha0, reg, nu)  # (n_items,)
+    n_u = M.crow_indices().diff().to(W.dtype)  # (n_users,) |I_u|
+    n_i = torch.bincount(M.col_indices(), minlength=len(H)).to(W.dtype)  # (n_items,) |U_i|
+    pen_u = ials_penalty(n_u, len(H), alpha0, reg, nu)  # (n_users,)
+    pen_i = ials_penalty(n_i, len(W), alpha0, reg, nu)  # (n_items,)
     return fit + (pen_u * (W * W).sum(1)).sum() + (pen_i * (H * H).sum(1)).sum()
+
+
+def _pattern(mask, dtype: torch.dtype) -> torch.Tensor:
+    M = as_pattern(mask)
+    return M if M.dtype == dtype else M.to(dtype)
 
 
 def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: float, reg: float,
@@ -97,14 +111,20 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
               + \lambda (|I_u| + \alpha_0 |I|)^\nu \, I \Big)^{-1} \sum_{i \in I_u} h_i
 
     ``"cholesky"`` solves it exactly, all users batched
-    (:func:`~recsys_ref.training.ridge_solve`); ``"cg"`` runs ``cg_steps`` conjugate-gradient
-    steps from the current ``W`` (Takacs et al. 2011), whose products :math:`A_u v` need no
-    per-user matrix. For the items, pass ``(H, W, mask.T)``.
+    (:func:`~recsys_ref.training.ridge_solve`; a user with fewer than ``d`` items by the
+    equivalent ``(|I_u|, |I_u|)`` system of the Woodbury identity); ``"cg"`` runs
+    ``cg_steps`` conjugate-gradient steps from the current ``W`` (Takacs et al. 2011),
+    whose products :math:`A_u v` need no per-user matrix: their sparse part is a sampled
+    product on the observed entries (``torch.sparse.sampled_addmm``) followed by a
+    sparse-dense product, ``O(|S| d)``. For the items, pass ``(H, W, mask.T)``. Memory is
+    ``O(|S| + (n_users + n_items) d)`` plus, for ``"cholesky"``, one block of 32 users'
+    ``(d, d)`` matrices at a time.
 
     Args:
         W: ``(n_users, d)`` current user factors (the CG starting point).
         H: ``(n_items, d)`` fixed item factors.
-        mask: ``(n_users, n_items)`` bool observed set.
+        mask: the observed set: a ``(n_users, n_items)`` sparse CSR pattern
+            (:func:`recsys_ref.matrix.csr_pattern`) or a dense bool tensor.
         alpha0, reg, nu: as in :func:`ials_objective`.
         solver: ``"cholesky"`` or ``"cg"``.
         cg_steps: conjugate-gradient steps (``"cg"`` only).
@@ -116,21 +136,27 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    M = _pattern(mask, H.dtype)  # (n_users, n_items) CSR, 1 on the observed set
     n_rows, d = W.shape
     gram = alpha0 * (H.T @ H)  # (d, d), shared by every user
-    penalty = ials_penalty(mask.sum(1).to(H.dtype), mask.shape[1], alpha0, reg, nu)  # (n_rows,)
+    counts = M.crow_indices().diff().to(H.dtype)  # (n_users,) |I_u|
+    penalty = ials_penalty(counts, M.shape[1], alpha0, reg, nu)  # (n_users,)
     if solver == "cholesky":
         if blocks is None:
-            blocks = row_blocks(*mask.nonzero(as_tuple=True), n_rows)
-        y = H.new_ones(int(mask.sum()))  # target 1 on every observed entry
-        return ridge_solve(blocks, H, y, penalty[:, None].expand(n_rows, d), n_rows, gram)
-    m = mask.to(H.dtype)  # (n_users, n_items)
+            blocks = row_blocks(pattern_rows(M), M.col_indices(), n_rows)
+        # rows with fewer entries than d: a smaller system (Woodbury); needs penalty > 0
+        short = [b for b in blocks if b[1].shape[1] < d] if reg > 0 else []
+        y = H.new_ones(M._nnz())  # target 1 on every observed entry
+        out = ridge_solve(blocks[len(short):] if short else blocks, H, y,
+                          penalty[:, None].expand(n_rows, d), n_rows, gram)
+        return _solve_short_rows(short, H, penalty, gram, out)
 
     def A(V):  # (n_users, d) -> (n_users, d): A_u v_u for every user at once
-        return ((V @ H.T) * m) @ H + V @ gram + penalty[:, None] * V
+        S = torch.sparse.sampled_addmm(M, V, H.T, beta=0.0)  # CSR: v_u^T h_i on the pattern
+        return S @ H + V @ gram + penalty[:, None] * V
 
     X = W.clone()
-    R = m @ H - A(X)  # (n_users, d) residuals b - A x
+    R = M @ H - A(X)  # (n_users, d) residuals b - A x
     P, rs = R.clone(), (R * R).sum(1)  # search directions, squared residual norms
     for _ in range(check_positive_int(cg_steps, "cg_steps")):
         AP = A(P)
@@ -141,6 +167,41 @@ def ials_step(W: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, alpha0: floa
         P = R + torch.where(rs > 0, rs_new / rs.clamp(min=1e-30), 0.0)[:, None] * P
         rs = rs_new
     return X
+
+
+def _solve_short_rows(blocks, H: torch.Tensor, penalty: torch.Tensor, gram: torch.Tensor,
+                      out: torch.Tensor) -> torch.Tensor:
+    r""":func:`ials_step`'s exact solve for rows with ``L < d`` entries, written into ``out``.
+
+    With :math:`G = Q \Lambda Q^\top` (one eigendecomposition per half-sweep) the shared
+    part :math:`B_u = G + p_u I = Q (\Lambda + p_u I) Q^\top` is diagonal in the rotated
+    basis :math:`Z = H Q`, and the Woodbury identity gives, with :math:`Z_u` the user's
+    ``(L, d)`` rows and :math:`D_u = (\Lambda + p_u I)^{-1}`,
+
+    .. math::
+        w_u = (B_u + H_u^\top H_u)^{-1} H_u^\top 1
+            = Q D_u Z_u^\top (I_L + Z_u D_u Z_u^\top)^{-1} 1:
+
+    an ``(L, L)`` Cholesky factorisation instead of a ``(d, d)`` one, ``O(L^2 d)`` work
+    instead of ``O(L d^2 + d^3)``. Blocks come from :func:`~recsys_ref.training.row_blocks`
+    (padding: a zero row of ``Z`` and a zero target).
+    """
+    if not blocks:
+        return out
+    lam, Q = torch.linalg.eigh(gram.double())  # (d,), (d, d): gram = Q diag(lam) Q^T
+    lam, Q = lam.clamp(min=0).to(H.dtype), Q.to(H.dtype)
+    Z = torch.cat([H @ Q, H.new_zeros(1, H.shape[1])])  # (n_cols + 1, d); index -1: padding
+    for r, c, _ in blocks:
+        Zb = Z[c]  # (g, L, d)
+        ZD = Zb / (lam + penalty[r, None])[:, None, :]  # (g, L, d) rows of Z_u D_u
+        K = ZD @ Zb.mT  # (g, L, L)
+        K.diagonal(dim1=-2, dim2=-1).add_(1.0)
+        L, info = torch.linalg.cholesky_ex(K)
+        if info.any():
+            raise ValueError("ials_step: a row's system is not positive definite")
+        t = torch.cholesky_solve((c >= 0).to(H.dtype)[:, :, None], L)  # (g, L, 1)
+        out[r] = (ZD * t).sum(1) @ Q.T  # (g, d): (Q D_u Z_u^T t)^T, without a 1-column bmm
+    return out
 
 
 @dataclass
@@ -182,6 +243,11 @@ class IALS(ConfiguredRecommender):
     exact solves (:func:`ials_step`) minimise :func:`ials_objective`. With ``valid`` given to
     :meth:`fit`, the sweep with the best validation ``metric`` is kept.
 
+    :meth:`fit` is sparse: the observed set is held as CSR patterns and padded row blocks,
+    the per-sweep loss uses :func:`ials_loss`, so fitting takes ``O(nnz + (n_users +
+    n_items) d)`` memory and nothing of size ``(n_users, n_items)``; :meth:`score` allocates
+    ``(batch, n_items)`` only.
+
     Args:
         n_users, n_items: table sizes.
         config: an :class:`IALSConfig`; keyword arguments override its fields.
@@ -195,9 +261,10 @@ class IALS(ConfiguredRecommender):
         """Fit on the (distinct) pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
         self._check_train(train)
-        mask = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
-        users, items = mask.nonzero(as_tuple=True)  # (n_pairs,) the observed set
-        counts = (mask.sum(1), mask.sum(0))  # (n_users,), (n_items,)
+        users, items = sorted_pairs(train, self.n_items)  # (n_pairs,) the observed set
+        # the observed set as sparse CSR patterns, one per side: nothing (n_users, n_items)
+        M = {"users": csr_pattern(users, items, self.n_users, self.n_items),
+             "items": csr_pattern(items, users, self.n_items, self.n_users)}
         n_pairs = len(users)
         gen = seed_everything(cfg.seed)
         self.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
@@ -206,16 +273,17 @@ class IALS(ConfiguredRecommender):
         f = self.factors_
         f.requires_grad_(False)  # closed-form updates only
         # the sparsity pattern is fixed: build the padded blocks once per side
-        blocks = {"users": row_blocks(*mask.nonzero(as_tuple=True), self.n_users),
-                  "items": row_blocks(*mask.T.nonzero(as_tuple=True), self.n_items)}
+        blocks = {"users": None, "items": None}
+        if cfg.solver == "cholesky":
+            blocks = {"users": row_blocks(users, items, self.n_users),
+                      "items": row_blocks(items, users, self.n_items)}
         hyper = dict(alpha0=cfg.alpha0, reg=cfg.reg, nu=cfg.nu, solver=cfg.solver,
                      cg_steps=cfg.cg_steps)
 
         def epoch(_):
-            f.P.copy_(ials_step(f.P, f.Q, mask, **hyper, blocks=blocks["users"]))
-            f.Q.copy_(ials_step(f.Q, f.P, mask.T, **hyper, blocks=blocks["items"]))
-            return ials_loss(f.P, f.Q, users, items, counts, cfg.alpha0, cfg.reg,
-                             cfg.nu).item() / n_pairs
+            f.P.copy_(ials_step(f.P, f.Q, M["users"], **hyper, blocks=blocks["users"]))
+            f.Q.copy_(ials_step(f.Q, f.P, M["items"], **hyper, blocks=blocks["items"]))
+            return ials_loss(f.P, f.Q, M["users"], cfg.alpha0, cfg.reg, cfg.nu).item() / n_pairs
 
         eval_fn = None if valid is None else ranking_eval_fn(self, valid, train, cfg.metric)
         result = fit_from_config(epoch, cfg, module=f, eval_fn=eval_fn, desc="iALS")
