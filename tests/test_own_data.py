@@ -213,7 +213,7 @@ def test_half_star_predictions_are_not_clipped_to_one_to_five():
     df = _log(600)
     df["stars"] = np.where(df["what"] < 40_000, 0.5, 5.0)  # half the items rated 0.5
     ds = from_frame(df, "who", "what", "stars")
-    u, i = torch.as_tensor(ds.ratings["user_idx"].values), torch.as_tensor(ds.ratings["item_idx"]
+    u, i = torch.tensor(ds.ratings["user_idx"].values), torch.tensor(ds.ratings["item_idx"]
                                                                            .values)
     low = torch.as_tensor(ds.ratings["rating"].values == 0.5)
     for m in (BiasBaseline(ds.n_users, ds.n_items, reg_i=0.1, reg_u=0.1),
