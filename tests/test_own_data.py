@@ -215,7 +215,7 @@ def test_half_star_predictions_are_not_clipped_to_one_to_five():
     ds = from_frame(df, "who", "what", "stars")
     u, i = torch.tensor(ds.ratings["user_idx"].values), torch.tensor(ds.ratings["item_idx"]
                                                                            .values)
-    low = torch.as_tensor(ds.ratings["rating"].values == 0.5)
+    low = torch.tensor(ds.ratings["rating"].values == 0.5)
     for m in (BiasBaseline(ds.n_users, ds.n_items, reg_i=0.1, reg_u=0.1),
               BiasedMF(ds.n_users, ds.n_items, n_factors=2, solver="als", n_epochs=3)):
         pred = m.fit(ds.ratings).predict(u, i)
@@ -234,7 +234,7 @@ def test_movielens_scale_is_unchanged(ml):
     a = BiasBaseline(ml.n_users, ml.n_items).fit(train)
     b = BiasBaseline(ml.n_users, ml.n_items, rating_range=(1, 5)).fit(train)
     assert a.rating_range_ == (1.0, 5.0)
-    u, i = torch.as_tensor(test["user_idx"].values), torch.as_tensor(test["item_idx"].values)
+    u, i = torch.tensor(test["user_idx"].values), torch.tensor(test["item_idx"].values)
     assert torch.equal(a.predict(u, i), b.predict(u, i))
 
 
