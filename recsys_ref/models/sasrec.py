@@ -195,6 +195,26 @@ def next_item_loss(model: SeqTransformer, inputs: torch.Tensor,
     return F.cross_entropy(logits, targets[at] - 1)
 
 
+def start_from(net: SeqTransformer, init) -> None:
+    """Copy the weights of ``init`` into ``net``; ``ValueError`` unless ``init`` is a
+    :class:`SeqTransformer` with the same weight shapes. ``init`` itself is not modified."""
+    same = ("n_items", "max_len", "dim", "n_layers", "n_heads")  # shapes of weights
+    if not isinstance(init, SeqTransformer) or any(init.arch[k] != net.arch[k] for k in same):
+        raise ValueError(f"init must be a SeqTransformer with this model's {same}")
+    net.load_state_dict(init.state_dict())
+
+
+@torch.no_grad()
+def last_logits(net: SeqTransformer, seqs: torch.Tensor, causal: bool | None = None):
+    """``(batch, L) -> (batch, n_items)``: the item logits at each row's last column, in
+    chunks of 256 rows so memory stays bounded at ``(256, L, dim)``."""
+    out = []
+    for s in range(0, len(seqs), 256):
+        (chunk,) = trim_padding(check_sequences(seqs[s:s + 256]))
+        out.append(net.item_logits(net.last(chunk, causal)))  # (b, n_items)
+    return torch.cat(out) if out else torch.empty(0, net.n_items)
+
+
 @dataclass
 class SASRecConfig:
     """Hyperparameters of :class:`SASRec`.
@@ -280,11 +300,7 @@ class SASRec(ConfiguredRecommender):
         gen = seed_everything(cfg.seed)
         self.net_ = cfg.backbone(self.n_items, gen)
         if init is not None:
-            same = ("n_items", "max_len", "dim", "n_layers", "n_heads")  # shapes of weights
-            if not isinstance(init, SeqTransformer) or any(
-                    init.arch[k] != self.net_.arch[k] for k in same):
-                raise ValueError(f"init must be a SeqTransformer with this model's {same}")
-            self.net_.load_state_dict(init.state_dict())
+            start_from(self.net_, init)
         opt = torch.optim.AdamW(self.net_.parameters(), lr=cfg.lr,
                                 weight_decay=cfg.weight_decay)
 
@@ -331,9 +347,4 @@ class SASRec(ConfiguredRecommender):
         """
         users = self._users(user_idx)
         self.net_.eval()
-        out = []
-        for s in range(0, len(users), 256):  # bounded memory: (256, max_len, dim) at most
-            seqs = check_sequences(self.sequences_[users[s:s + 256]])
-            (seqs,) = trim_padding(seqs)
-            out.append(self.net_.item_logits(self.net_.last(seqs)))  # (b, n_items)
-        return torch.cat(out) if out else torch.empty(0, self.n_items)
+        return last_logits(self.net_, self.sequences_[users])
