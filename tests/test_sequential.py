@@ -388,3 +388,15 @@ def test_cached_backbone_writes_once_and_reloads(tmp_path, monkeypatch):
     cached_backbone(cfg, df, N_ITEMS, n_epochs=1)
     assert len(calls) == 3 and load_backbone(files[0]).arch == first.arch
     assert not [p for p in (tmp_path / "backbones").iterdir() if p.name.endswith(".part")]
+
+
+def test_last_computes_only_the_last_column_and_matches_forward():
+    """``last`` runs the final block for the last query only; in eval mode it equals the
+    last column of ``forward``, for both attention patterns and two layers."""
+    net = SASRecConfig(**(TINY | {"n_layers": 2, "dropout": 0.2})).backbone(
+        N_ITEMS, torch.Generator().manual_seed(0)).eval()
+    seqs = user_sequences(frame(), 7, 8, N_ITEMS)
+    for causal in (True, False):
+        torch.testing.assert_close(net.last(seqs, causal), net(seqs, causal)[:, -1])
+    with pytest.raises(ValueError, match="max_len"):
+        net.last(torch.ones(2, 9, dtype=torch.long))
