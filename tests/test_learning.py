@@ -52,6 +52,7 @@ from recsys_ref.models import (
     Popularity,
     SASRec,
 )
+from recsys_ref.models.bert4rec import BERT4Rec
 from recsys_ref.models.like_classifier import LikeClassifier, like_labels, roc_auc
 from recsys_ref.models.sasrec import SASRecConfig, next_item_loss
 from recsys_ref.models.two_tower import TwoTower
@@ -262,6 +263,23 @@ def test_sasrec_learns_planted_cycles():
 
     random = FixedScores(torch.rand(48, SEQ_ITEMS, generator=torch.Generator().manual_seed(1)))
     assert_learns("SASRec", hr(model), {"random": hr(random), "popularity": hr(
+        Popularity(48, SEQ_ITEMS).fit(train))}, oracle=1.0)
+    assert_loss_falls(model.history_)
+
+
+def test_bert4rec_learns_planted_cycles():
+    """The [MASK] appended after the history is predicted from the item before it."""
+    df = planted_cycles()
+    last = df["timestamp"] == df["timestamp"].max()
+    train, test = df[~last], df[last]
+    model = BERT4Rec(48, SEQ_ITEMS, **TINY, n_epochs=30, lr=1e-2, batch_size=16,
+                     mask_prob=0.3).fit(train)
+
+    def hr(m):
+        return evaluate_ranking(m, test, train, ks=(1,))["HR@1"]
+
+    random = FixedScores(torch.rand(48, SEQ_ITEMS, generator=torch.Generator().manual_seed(1)))
+    assert_learns("BERT4Rec", hr(model), {"random": hr(random), "popularity": hr(
         Popularity(48, SEQ_ITEMS).fit(train))}, oracle=1.0)
     assert_loss_falls(model.history_)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from recsys_ref.models.like_classifier import LikeClassifier, like_labels, roc_auc
+from recsys_ref.models.like_classifier import LikeClassifier, like_labels, roc_auc, user_auc
 from recsys_ref.models.sasrec import SeqTransformer
 from recsys_ref.sequences import user_sequences
 
@@ -87,3 +87,18 @@ def test_bad_input():
         model.fit(ratings.drop(columns="rating"))
     with pytest.raises(ValueError):
         model.fit(ratings.assign(item_idx=N_ITEMS))
+
+
+def test_user_auc_matches_a_loop_over_users_and_drops_one_class_users():
+    g = torch.Generator().manual_seed(0)
+    users = torch.randint(0, 30, (500,), generator=g)
+    scores = torch.rand(500, generator=g).round(decimals=1)  # ties
+    labels = (torch.rand(500, generator=g) < 0.5).float()
+    labels[users == 7] = 1.0  # user 7 has positives only
+    got = user_auc(scores, labels, users)
+    assert 7 not in got.index and list(got.index) == sorted(got.index)
+    for u in got.index:
+        at = users == u
+        assert got[u] == pytest.approx(roc_auc(scores[at], labels[at]), abs=1e-6)
+    with pytest.raises(ValueError, match="one length"):
+        user_auc(scores, labels, users[:-1])

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_ref.models.bert4rec import BERT4Rec, BERT4RecConfig
 from recsys_ref.models.sasrec import SASRec, SASRecConfig, SeqTransformer, next_item_loss
 from recsys_ref.pretraining import (
     PretrainConfig,
@@ -27,6 +28,7 @@ from recsys_ref.sequences import (
     PAD,
     bucket_order,
     check_sequences,
+    mask_token,
     next_item_examples,
     trim_padding,
     user_sequences,
@@ -290,6 +292,43 @@ def test_sasrec_early_stopping_and_users_without_history():
     torch.testing.assert_close(m.score(torch.tensor([5, 12])), before[[5, 12]])  # no history
 
 
+def test_bert4rec_scores_an_appended_mask_and_is_deterministic():
+    df = cyclic_frame(n_users=12)
+    valid = df[df["timestamp"] == df["timestamp"].max()]
+    train = df.drop(valid.index)
+    cfg = BERT4RecConfig(**TINY, n_epochs=3, eval_every=1, patience=2, lr=1e-2, batch_size=8)
+    a = BERT4Rec(13, N_ITEMS, cfg).fit(train, valid)  # user 12 has no history
+    # the scored row is the last max_len - 1 items followed by one [MASK]
+    expect = torch.cat([user_sequences(train, 13, 7, N_ITEMS),
+                        torch.full((13, 1), mask_token(N_ITEMS))], 1)
+    assert torch.equal(a.sequences_, expect)
+    s = a.score(torch.arange(13))
+    assert s.shape == (13, N_ITEMS) and torch.isfinite(s).all()
+    by_hand = a.net_.item_logits(a.net_(expect, causal=False)[:, -1])
+    torch.testing.assert_close(s, by_hand)  # bidirectional, read at the [MASK]
+    b = BERT4Rec(13, N_ITEMS, cfg).fit(train, valid)
+    assert torch.equal(s, b.score(torch.arange(13)))
+    before = s.clone()
+    a.use_history(df)  # the validation item becomes the last input
+    assert not torch.equal(a.score(torch.arange(13)), before)
+    # starting from an encoder copies its weights (and leaves it unchanged)
+    init = SASRecConfig(**TINY).backbone(N_ITEMS, torch.Generator().manual_seed(3))
+    kept = {k: v.clone() for k, v in init.state_dict().items()}
+    BERT4Rec(13, N_ITEMS, cfg, n_epochs=1).fit(train, init=init)
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in kept.items())
+
+
+def test_bert4rec_bad_input():
+    with pytest.raises(ValueError, match="mask_prob"):
+        BERT4RecConfig(mask_prob=0.0)
+    df = cyclic_frame(n_users=4)
+    wrong = SASRecConfig(**(TINY | {"dim": 8})).backbone(N_ITEMS)
+    with pytest.raises(ValueError, match="init"):
+        BERT4Rec(4, N_ITEMS, **TINY, n_epochs=1).fit(df, init=wrong)
+    with pytest.raises(ValueError, match="max_len"):
+        BERT4Rec(4, N_ITEMS, **(TINY | {"max_len": 1}), n_epochs=1).fit(df)
+
+
 # ----------------------------------------------------------------------------- pretraining
 
 
@@ -349,3 +388,15 @@ def test_cached_backbone_writes_once_and_reloads(tmp_path, monkeypatch):
     cached_backbone(cfg, df, N_ITEMS, n_epochs=1)
     assert len(calls) == 3 and load_backbone(files[0]).arch == first.arch
     assert not [p for p in (tmp_path / "backbones").iterdir() if p.name.endswith(".part")]
+
+
+def test_last_computes_only_the_last_column_and_matches_forward():
+    """``last`` runs the final block for the last query only; in eval mode it equals the
+    last column of ``forward``, for both attention patterns and two layers."""
+    net = SASRecConfig(**(TINY | {"n_layers": 2, "dropout": 0.2})).backbone(
+        N_ITEMS, torch.Generator().manual_seed(0)).eval()
+    seqs = user_sequences(frame(), 7, 8, N_ITEMS)
+    for causal in (True, False):
+        torch.testing.assert_close(net.last(seqs, causal), net(seqs, causal)[:, -1])
+    with pytest.raises(ValueError, match="max_len"):
+        net.last(torch.ones(2, 9, dtype=torch.long))

@@ -77,6 +77,7 @@ REMOVALS = {
                             [partial(L.test_autorec_learns_planted_factors, opt)])
        for opt in ("adam", "rprop")},
     "SASRec": (step("recsys_ref.models.sasrec"), [L.test_sasrec_learns_planted_cycles]),
+    "BERT4Rec": (step("recsys_ref.models.bert4rec"), [L.test_bert4rec_learns_planted_cycles]),
     **{f"pretrain ({obj})": (step("recsys_ref.pretraining"),
                              [partial(L.test_pretraining_lowers_the_pretext_loss, obj)])
        for obj in ("cloze", "contrastive", "next")},

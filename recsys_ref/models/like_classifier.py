@@ -194,3 +194,40 @@ def roc_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     ones = torch.ones(1, len(scores), dtype=torch.bool)
     return float(metrics.auc(torch.as_tensor(scores, dtype=torch.float32)[None], labels[None],
                              ones)[0])
+
+
+def user_auc(scores: torch.Tensor, labels: torch.Tensor, users) -> pd.Series:
+    """Each user's ROC AUC over their own pairs (ties count 1/2), for the users who have at
+    least one positive and one negative pair.
+
+    Averaged over users this is the "user-averaged AUC" (GAUC) of the chapter "Self-supervised
+    pretraining": it asks whether the classifier orders *each user's* items, and it is a mean
+    over users, so two classifiers can be compared by a per-user paired bootstrap
+    (:func:`recsys_ref.evaluation.paired_mean_gap`).
+
+    Args:
+        scores, labels: ``(n,)`` scores and 0/1 labels of the pairs.
+        users: ``(n,)`` the pairs' ``user_idx``.
+
+    Returns:
+        AUC per ``user_idx`` (sorted), users without both classes left out.
+    """
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    labels, users = torch.as_tensor(labels).bool(), torch.as_tensor(users, dtype=torch.long)
+    if not (scores.dim() == labels.dim() == users.dim() == 1
+            and len(scores) == len(labels) == len(users)):
+        raise ValueError("scores, labels and users must be 1-D and of one length")
+    ids, row = torch.unique(users, return_inverse=True)  # (m,), (n,)
+    order = torch.argsort(row, stable=True)
+    count = torch.bincount(row, minlength=len(ids))  # (m,) pairs per user
+    col = torch.arange(len(row)) - torch.repeat_interleave(count.cumsum(0) - count, count)
+    shape = (len(ids), int(count.max()))  # (users, most pairs of a user): padded per user
+    dense = torch.zeros(shape)
+    cand = torch.zeros(shape, dtype=torch.bool)
+    rel = torch.zeros(shape, dtype=torch.bool)
+    dense[row[order], col] = scores[order]
+    cand[row[order], col] = True
+    rel[row[order], col] = labels[order]
+    keep = rel.any(1) & (cand & ~rel).any(1)
+    values = metrics.auc(dense[keep], rel[keep], cand[keep])
+    return pd.Series(values.numpy(), index=ids[keep].numpy(), name="AUC")
