@@ -4,7 +4,9 @@ same settings is fitted once per build.
 :func:`cached_fit` is ``model.fit(train[, valid])`` with the fitted model kept under
 ``data_home()/models``, named by :func:`model_key`: the model's class and settings, the
 training (and validation) rows, torch's version and the source of ``recsys_ref`` itself, so
-another setting, other data, another torch or an edited library never reuses a file. Files
+another setting, other data, another torch or an edited library never reuses a file. Two processes
+asking for the same fit at once (two chapters executed side by side) fit it once: the
+second waits on a lock file for the first and reads its result. Files
 are written atomically with their sha256 (:func:`recsys_ref.data.cache.write_checked`): an
 interrupted run leaves nothing half-written, and a corrupted file is detected and refitted.
 Like the pretrained-backbone cache of :mod:`recsys_ref.pretraining`, it only saves time:
@@ -17,10 +19,12 @@ See the chapter "Matrix factorization".
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -113,21 +117,45 @@ def cached_fit(model, train: pd.DataFrame, valid: pd.DataFrame | None = None, fo
     key = model_key(model, train, valid)
     path = Path(folder) if folder is not None else data_home() / "models"
     path = path / f"{type(model).__name__}-{key[:32]}.pt"
-    if path.exists():
-        try:
-            data = read_checked(path)  # ValueError on a corrupted or half-written file
-            fitted = torch.load(io.BytesIO(data), weights_only=False)
-            if type(fitted) is type(model):
-                return fitted
-        except ValueError:
-            pass
-        except Exception:  # noqa: BLE001 - e.g. a class that no longer unpickles: refit
-            pass
-        remove_checked(path)
-    t0 = time.perf_counter()
-    model.fit(train) if valid is None else model.fit(train, valid)
-    model.fit_seconds_ = time.perf_counter() - t0
-    buf = io.BytesIO()
-    torch.save(model, buf)
-    write_checked(path, buf.getvalue())
+    with _lock(path):  # another process fitting the same key finishes first
+        fitted = _read(path, type(model))
+        if fitted is not None:
+            return fitted
+        t0 = time.perf_counter()
+        model.fit(train) if valid is None else model.fit(train, valid)
+        model.fit_seconds_ = time.perf_counter() - t0
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        write_checked(path, buf.getvalue())
     return model
+
+
+def _read(path: Path, cls: type):
+    """The model cached at ``path`` if it is intact and of class ``cls``, else ``None``
+    (a corrupted or stale file is removed)."""
+    if not path.exists():
+        return None
+    try:
+        data = read_checked(path)  # ValueError on a corrupted or half-written file
+        fitted = torch.load(io.BytesIO(data), weights_only=False)
+        if type(fitted) is cls:
+            return fitted
+    except ValueError:
+        pass
+    except Exception:  # noqa: BLE001 - e.g. a class that no longer unpickles: refit
+        pass
+    remove_checked(path)
+    return None
+
+
+@contextmanager
+def _lock(path: Path):
+    """An exclusive advisory lock on ``path`` + ``.lock`` for the duration of the block
+    (released by the OS if the process dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -92,3 +92,31 @@ def test_unkeyable_models_are_refused(tiny_ratings, tmp_path):
     fitted = EASE(N_USERS, N_ITEMS).fit(tiny_ratings)
     with pytest.raises(TypeError, match="cannot cache EASE"):
         cached_fit(fitted, tiny_ratings, folder=tmp_path)
+
+
+def test_two_processes_asking_for_one_fit_fit_it_once(tmp_path):
+    """Two chapters executed side by side: the second waits for the first's fit and reads
+    it back instead of fitting again."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import pandas as pd, sys, time
+        from recsys_ref.model_cache import cached_fit
+        from recsys_ref.models.baselines import Popularity
+
+        class Slow(Popularity):
+            def fit(self, train):
+                time.sleep(1.5)
+                print("fitted", flush=True)
+                return super().fit(train)
+
+        train = pd.DataFrame({{"user_idx": [0, 1, 1], "item_idx": [0, 0, 2]}})
+        cached_fit(Slow(2, 3), train, folder={str(tmp_path)!r})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(o.count("fitted") for o in outs) == 1
