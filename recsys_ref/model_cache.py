@@ -19,12 +19,10 @@ See the chapter "Matrix factorization".
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import io
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +32,13 @@ import pandas as pd
 import torch
 
 from recsys_ref.checks import check_frame
-from recsys_ref.data.cache import data_home, read_checked, remove_checked, write_checked
+from recsys_ref.data.cache import (
+    data_home,
+    locked,
+    read_checked,
+    remove_checked,
+    write_checked,
+)
 
 _COLUMNS = ("user_idx", "item_idx", "rating", "timestamp")  # what a fit can read
 _SIMPLE = (bool, int, float, str, type(None))
@@ -117,7 +121,7 @@ def cached_fit(model, train: pd.DataFrame, valid: pd.DataFrame | None = None, fo
     key = model_key(model, train, valid)
     path = Path(folder) if folder is not None else data_home() / "models"
     path = path / f"{type(model).__name__}-{key[:32]}.pt"
-    with _lock(path):  # another process fitting the same key finishes first
+    with locked(path):  # another process fitting the same key finishes first
         fitted = _read(path, type(model))
         if fitted is not None:
             return fitted
@@ -147,15 +151,3 @@ def _read(path: Path, cls: type):
     remove_checked(path)
     return None
 
-
-@contextmanager
-def _lock(path: Path):
-    """An exclusive advisory lock on ``path`` + ``.lock`` for the duration of the block
-    (released by the OS if the process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -27,7 +27,14 @@ import torch
 import torch.nn.functional as F
 
 from recsys_ref.checks import check_frame, check_positive_int
-from recsys_ref.data.cache import data_home, read_checked, remove_checked, write_checked
+from recsys_ref.data.cache import (
+    data_home,
+    locked,
+    read_checked,
+    remove_checked,
+    write_checked,
+)
+from recsys_ref.model_cache import library_hash
 from recsys_ref.models.sasrec import SASRec, SASRecConfig, SeqTransformer, next_item_loss
 from recsys_ref.sequences import (
     PAD,
@@ -400,13 +407,16 @@ def load_backbone(path) -> SeqTransformer:
 def backbone_key(backbone_config: SASRecConfig, train: pd.DataFrame, n_items: int,
                  config: PretrainConfig) -> str:
     """sha256 of everything a pretrained encoder depends on: the architecture, the pretraining
-    hyperparameters, ``n_items``, torch's version and the training rows (in order).
+    hyperparameters, ``n_items``, torch's version, the source of ``recsys_ref``
+    (:func:`recsys_ref.model_cache.library_hash`: an edited library never reuses weights that
+    the edit could change) and the training rows (in order).
 
     See the chapter "Self-supervised pretraining".
     """
     settings = {k: getattr(backbone_config, k) for k in ARCH}
     settings |= {k: v for k, v in asdict(config).items() if k != "progress"}
-    settings |= {"n_items": n_items, "torch": torch.__version__.split("+")[0]}
+    settings |= {"n_items": n_items, "torch": torch.__version__.split("+")[0],
+                 "library": library_hash()}
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     rows = train[["user_idx", "item_idx", "timestamp"]].to_numpy(dtype=np.int64)
     h.update(np.ascontiguousarray(rows).tobytes())
@@ -435,11 +445,12 @@ def cached_backbone(backbone_config: SASRecConfig, train: pd.DataFrame, n_items:
     key = backbone_key(backbone_config, train, n_items, cfg)
     path = Path(folder) if folder is not None else data_home() / "backbones"
     path = path / f"{cfg.objective}-{key[:24]}.pt"
-    if path.exists():
-        try:
-            return load_backbone(path)
-        except ValueError:
-            remove_checked(path)  # corrupted: train again
-    net = pretrain(backbone_config, train, n_items, cfg)
-    save_backbone(net, path)
+    with locked(path):  # a chapter executed alongside, pretraining the same key, goes first
+        if path.exists():
+            try:
+                return load_backbone(path)
+            except ValueError:
+                remove_checked(path)  # corrupted: train again
+        net = pretrain(backbone_config, train, n_items, cfg)
+        save_backbone(net, path)
     return net

@@ -8,6 +8,7 @@ See the chapter "Introduction and data".
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import signal
@@ -17,7 +18,8 @@ import tempfile
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 # how long a package index may take to serve one wheel before we give up on that source
@@ -134,6 +136,21 @@ def read_checked(path: Path) -> bytes:
         raise ValueError(f"{path}: sha256 differs from the one recorded when it was written "
                          f"(the file is corrupted)")
     return data
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` + ``.lock`` for the duration of the block, so
+    that two processes producing the same cached file produce it once (the second waits and
+    then finds it). The OS releases the lock if the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def remove_checked(path: Path) -> None:
