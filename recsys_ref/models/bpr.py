@@ -128,12 +128,13 @@ OPTIMIZERS = {
 class BPRConfig:
     """Hyperparameters of :class:`BPR`.
 
-    The defaults were chosen on the validation item of MovieLens-100K's leave-last-out split
-    (fit on the training part; lr, reg and n_negatives on grids, early stopping on NDCG@10).
+    The defaults are a starting point; the chapter "Matrix factorization" chooses the
+    optimizer, step size, penalty and number of epochs it uses by the validation search of
+    :func:`recsys_ref.mf_tuning.implicit_search`.
     """
 
     n_factors: int = 64  # d
-    n_epochs: int = 75  # maximum epochs (one epoch: every training pair once); 75 was best
+    n_epochs: int = 75  # maximum epochs (one epoch: every training pair once)
     lr: float = 0.001  # step size of the optimizer
     optimizer: str = "adam"  # "adam", "adagrad" or "sgd" (plain, on the summed loss)
     reg: float = 0.001  # lambda, per triple
