@@ -38,8 +38,8 @@ def explicit_space(smoke: bool = False) -> tuple[list[dict], dict]:
     with about 100 ratings a comparable penalty (100 ** 0.5 = 10 between neighbouring rows).
 
     Returns:
-        ``(configs, fixed)``: the searched ``nu, reg, reg_bias`` and the rest of the model's
-        settings (solver, factors, maximum sweeps, patience).
+        The configurations (of ``nu``, ``reg`` and ``reg_bias``) and, second, the settings
+        they share (solver, factors, maximum sweeps, patience).
     """
     regs = {0.0: (5.0, 15.0), 0.5: (0.5, 1.25), 1.0: (0.05, 0.15)}
     if smoke:
@@ -53,7 +53,8 @@ def explicit_space(smoke: bool = False) -> tuple[list[dict], dict]:
 
 
 def implicit_space(name: str, smoke: bool = False, seed: int = 0) -> tuple[list[dict], dict]:
-    """The configurations searched for one implicit model and the settings they share.
+    """The configurations searched for one implicit model and the settings they share
+    (a pair, as :func:`explicit_space` returns).
 
     Args:
         name: one of ``"BPR"``, ``"iALS"``, ``"EASE"``, ``"ItemKNN"``.
