@@ -131,9 +131,13 @@ def test_ials_learns_planted_groups():
     assert_ranks_the_groups(IALS(N_USERS, N_ITEMS, n_factors=8, n_epochs=5, reg=0.01))
 
 
-def test_bpr_learns_planted_groups():
-    assert_ranks_the_groups(BPR(N_USERS, N_ITEMS, n_factors=8, n_epochs=20, lr=0.05,
-                                batch_size=256))
+BPR_OPTIMIZERS = [("adam", 0.05), ("adagrad", 0.1), ("sgd", 0.05)]  # (optimizer, lr)
+
+
+@pytest.mark.parametrize("optimizer,lr", BPR_OPTIMIZERS)
+def test_bpr_learns_planted_groups(optimizer, lr):
+    assert_ranks_the_groups(BPR(N_USERS, N_ITEMS, n_factors=8, n_epochs=20, lr=lr,
+                                optimizer=optimizer, batch_size=256))
 
 
 class DistributedBPR:

@@ -427,3 +427,8 @@ def test_ials_fit_decreases_objective_is_deterministic_and_validates(solver):
         with pytest.raises(ValueError, match=match):
             IALS(N_USERS, N_ITEMS, **kwargs)
 
+
+
+def test_bpr_bad_optimizer():
+    with pytest.raises(ValueError, match="optimizer"):
+        BPR(N_USERS, N_ITEMS, optimizer="lbfgs")

@@ -63,7 +63,9 @@ REMOVALS = {
                         [partial(L.test_biased_mf_learns_planted_factors, "adam")]),
     "BiasedMF (als)": ([("recsys_ref.models.mf.als_step", lambda *a, **k: None)],
                        [partial(L.test_biased_mf_learns_planted_factors, "als")]),
-    "BPR": (step("recsys_ref.models.bpr"), [L.test_bpr_learns_planted_groups]),
+    **{f"BPR ({opt})": (step("recsys_ref.models.bpr"),
+                        [partial(L.test_bpr_learns_planted_groups, opt, lr)])
+       for opt, lr in L.BPR_OPTIMIZERS},
     "BPR (distributed)": (step("recsys_ref.distributed"),
                           [L.test_distributed_bpr_learns_planted_groups]),
     "iALS": ([("recsys_ref.models.ials.ials_step", lambda W, *a, **k: W)],

@@ -127,17 +127,29 @@ def bpr_loss(factors: Factors, users, pos, neg, reg: float) -> torch.Tensor:
     return -F.logsigmoid(x_ui[:, None] - x_uj).sum() + 0.5 * reg * penalty.sum()
 
 
+# the optimizers BPR can be trained with. The loss is a sum over the batch's triples, so
+# SGD's step per triple is lr times that triple's gradient, as in LearnBPR and in implicit's
+# BPR (which takes one triple per step); Adam and Adagrad rescale the step per parameter
+OPTIMIZERS = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr, fused=True),
+    "adagrad": lambda params, lr: torch.optim.Adagrad(params, lr=lr),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+}
+
+
 @dataclass
 class BPRConfig:
     """Hyperparameters of :class:`BPR`.
 
-    The defaults were chosen on the validation item of MovieLens-100K's leave-last-out split
-    (fit on the training part; lr, reg and n_negatives on grids, early stopping on NDCG@10).
+    The defaults are a starting point; the chapter "Matrix factorization" chooses the
+    optimizer, step size, penalty and number of epochs it uses by the validation search of
+    :func:`recsys_ref.mf_tuning.implicit_search`.
     """
 
     n_factors: int = 64  # d
-    n_epochs: int = 75  # maximum epochs (one epoch: every training pair once); 75 was best
-    lr: float = 0.001  # Adam step size
+    n_epochs: int = 75  # maximum epochs (one epoch: every training pair once)
+    lr: float = 0.001  # step size of the optimizer
+    optimizer: str = "adam"  # "adam", "adagrad" or "sgd" (plain, on the summed loss)
     reg: float = 0.001  # lambda, per triple
     n_negatives: int = 4  # negatives per positive pair
     batch_size: int = 1024  # positive pairs per minibatch
@@ -150,6 +162,9 @@ class BPRConfig:
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
         check_config(self, positive_ints=("n_factors", "n_epochs", "n_negatives", "batch_size",
                                           "eval_every"),
                      positive=("lr", "init_std"), nonnegative=("reg",))
@@ -158,7 +173,8 @@ class BPRConfig:
 class BPR(ConfiguredRecommender):
     r"""Matrix factorization trained with the BPR pairwise loss (Rendle et al. 2009).
 
-    Scores :math:`\hat x_{ui} = p_u^\top q_i + b_i`; minimises :func:`bpr_loss` with Adam over
+    Scores :math:`\hat x_{ui} = p_u^\top q_i + b_i`; minimises :func:`bpr_loss` with Adam
+    (or Adagrad, or plain SGD: ``optimizer``) over
     minibatches of training pairs, each with ``n_negatives`` items sampled uniformly among
     those the user has not interacted with (:func:`sample_negatives`). Ratings are ignored:
     every training pair is a positive. With ``valid`` given to :meth:`fit`, training stops
@@ -184,7 +200,7 @@ class BPR(ConfiguredRecommender):
         gen = seed_everything(cfg.seed)
         self.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
                                 item_bias=cfg.item_bias, init_std=cfg.init_std, generator=gen)
-        opt = torch.optim.Adam(self.factors_.parameters(), lr=cfg.lr, fused=True)
+        opt = OPTIMIZERS[cfg.optimizer](self.factors_.parameters(), cfg.lr)
 
         def epoch(_):
             total = 0.0
