@@ -9,9 +9,11 @@ it did not, the later chapter runs the same search and gets the same answer.
 
 Protocols (the test data is never touched):
 
-- explicit :class:`recsys_ref.models.mf.BiasedMF` (ALS): fit on 90% of u1's training
+- explicit :class:`recsys_ref.models.mf.BiasedMF` (ALS): fit on 90% of one fold's training
   ratings, RMSE on the other 10% (:func:`recsys_ref.splits.random_split`); the number of
-  sweeps by early stopping on that RMSE.
+  sweeps by early stopping on that RMSE. Each of u1..u5 gets its own search: a fold's
+  training data holds the other folds' test ratings, so a setting chosen on u1 would have
+  seen the test ratings of u2..u5.
 - implicit models (BPR, iALS, EASE, ItemKNN): leave-last-out
   (:func:`recsys_ref.splits.leave_last_out`), fit on the training interactions, NDCG@10 of
   the validation item under full ranking with the training items excluded; BPR's epochs and
@@ -88,11 +90,12 @@ def implicit_space(name: str, smoke: bool = False, seed: int = 0) -> tuple[list[
 
 
 def explicit_search(ratings: pd.DataFrame, n_users: int, n_items: int, *,
-                    smoke: bool = False, seed: int = 0) -> pd.DataFrame:
-    """BiasedMF's search (see the module's protocol): one row per configuration with its
-    validation RMSE and MAE and its early-stopping sweep ``best_epoch_``."""
+                    smoke: bool = False, seed: int = 0, fold: int = 1) -> pd.DataFrame:
+    """BiasedMF's search on the training data of u-fold ``fold`` (see the module's
+    protocol): one row per configuration with its validation RMSE and MAE and its
+    early-stopping sweep ``best_epoch_``."""
     configs, fixed = explicit_space(smoke)
-    fit_part, valid_part = random_split(u_fold(ratings, 1)[0], test_size=0.1, seed=seed)
+    fit_part, valid_part = random_split(u_fold(ratings, fold)[0], test_size=0.1, seed=seed)
     return search(lambda **c: BiasedMF(n_users, n_items, seed=seed, **(fixed | c)), configs,
                   fit_part, lambda m: evaluate_ratings(m, valid_part), metric="RMSE",
                   higher_is_better=False, valid=valid_part, record=("best_epoch_",))
@@ -129,10 +132,11 @@ def chosen(table: pd.DataFrame, fixed: dict) -> dict:
 
 
 def mf_settings(ratings: pd.DataFrame, n_users: int, n_items: int, *, smoke: bool = False,
-                seed: int = 0) -> dict:
-    """BiasedMF's setting chosen by :func:`explicit_search` (keyword arguments of
-    :class:`recsys_ref.models.mf.BiasedMF`, ``seed`` excluded)."""
-    table = explicit_search(ratings, n_users, n_items, smoke=smoke, seed=seed)
+                seed: int = 0, fold: int = 1) -> dict:
+    """BiasedMF's setting for u-fold ``fold``, chosen by :func:`explicit_search` on that
+    fold's training data (keyword arguments of :class:`recsys_ref.models.mf.BiasedMF`,
+    ``seed`` excluded)."""
+    table = explicit_search(ratings, n_users, n_items, smoke=smoke, seed=seed, fold=fold)
     return chosen(table, explicit_space(smoke)[1])
 
 
