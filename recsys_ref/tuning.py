@@ -57,7 +57,8 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
            evaluate: Callable[[object], Mapping[str, float]], *, metric: str,
            higher_is_better: bool = True, valid: pd.DataFrame | None = None,
            record: Sequence[str] = (), cache: bool = True, progress: bool = False,
-           desc: str = "search", fit_kwargs: Mapping | None = None) -> pd.DataFrame:
+           desc: str = "search", fit_kwargs: Mapping | None = None,
+           keep: list | None = None) -> pd.DataFrame:
     """Fit ``make(**config)`` on ``train`` for each configuration and score it.
 
     Args:
@@ -75,6 +76,8 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
         progress: a progress bar over the configurations (interactive sessions only).
         fit_kwargs: further keyword arguments of ``fit`` (e.g. the pretrained networks a
             NeuMF starts from); such fits are never cached, so ``cache`` must be False.
+        keep: a list to which every fitted model is appended, in the table's order (so the
+            winner, ``keep[configs.index(best_config(table))]``, need not be fitted again).
 
     Returns:
         One row per configuration, in the given order: the configuration's values, every
@@ -104,6 +107,8 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
             args = (train,) if valid is None else (train, valid)
             fitted = model.fit(*args, **fit_kwargs)
             fitted.fit_seconds_ = time.perf_counter() - t0
+        if keep is not None:
+            keep.append(fitted)
         scores = dict(evaluate(fitted))
         if metric not in scores:
             raise ValueError(f"evaluate returned {sorted(scores)}, not the metric {metric!r}")

@@ -102,4 +102,6 @@ def test_search_passes_fit_kwargs_uncached(tmp_path, monkeypatch):
     # the argument reached fit: the planted bonus puts every validation item first
     assert run(oracle, cache=False)["NDCG@5"].iloc[0] == pytest.approx(1.0)
     assert run(None, cache=False)["NDCG@5"].iloc[0] < 0.9
-    assert run(oracle, cache=False)["fit_seconds"].iloc[0] >= 0
+    kept = []
+    assert run(oracle, cache=False, keep=kept)["fit_seconds"].iloc[0] >= 0
+    assert len(kept) == 1 and kept[0].bonus_ is oracle
