@@ -74,12 +74,14 @@ class ContentMap:
         self.reg = check_nonnegative(reg, "reg")
 
     def fit(self, X: torch.Tensor, T: torch.Tensor) -> ContentMap:
-        """Fit on ``X`` ``(n, f)`` and ``T`` ``(n, k)``; sets ``residual_cov_`` ``(k, k)``.
+        """Fit on ``X`` ``(n, f)`` and ``T`` ``(n, k)``; sets ``residual_cov_`` ``(k, k)``
+        and ``loo_mse_``.
 
         ``residual_cov_`` is the covariance of the *leave-one-out* residuals
         :math:`e_i / (1 - h_{ii})` (:math:`h_{ii}` the leverage of row :math:`i`): in-sample
         residuals of a map with many features (384 for a title embedding) are too small, and
-        a prior built on them would be overconfident about a new item.
+        a prior built on them would be overconfident about a new item. ``loo_mse_``, their
+        mean squared norm, is the leave-one-out error that chooses ``reg`` in the chapter.
         """
         X, T = torch.as_tensor(X).double(), torch.as_tensor(T).double()
         if X.dim() != 2 or T.dim() != 2 or len(X) != len(T) or len(X) < 2:
@@ -93,6 +95,7 @@ class ContentMap:
         hat = 1 / len(X) + (Xc * torch.linalg.lstsq(A, Xc.T).solution.T).sum(1)
         resid = (Tc - Xc @ self.W_) / (1 - hat.clamp(max=1 - 1e-6))[:, None]  # LOO residuals
         self.residual_cov_ = resid.T @ resid / len(X)  # (k, k)
+        self.loo_mse_ = float(resid.square().sum(1).mean())
         return self
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
@@ -213,8 +216,10 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     items rated ``>= threshold``.
 
     Returns:
-        ``{"RMSE", "NDCG@k", "n_users"}`` (and, if ``per_user``, a frame ``user_idx, ndcg``
-        of the users with a relevant item). See the chapter "Few-shot recommendation".
+        ``{"RMSE", "NDCG@k", "n_users"}`` (and, if ``per_user``, a frame with one row per
+        user of the query set: ``user_idx``, ``sse`` and ``n`` of their query ratings, the
+        units of :func:`recsys_ref.evaluation.paired_rmse_gap`, and ``ndcg``, NaN for a user
+        without a relevant item). See the chapter "Few-shot recommendation".
     """
     check_frame(split.query, "split.query", ["user_idx", "item_idx", "rating"])
     cold = np.unique(split.query["item_idx"].to_numpy())
@@ -233,5 +238,11 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     if not per_user:
         return out
     rel = split.query[split.query["rating"] >= threshold]
-    evaluated = users[np.isin(users, rel["user_idx"].to_numpy())]  # full_ranking_ndcg's order
-    return out, pd.DataFrame({"user_idx": evaluated, "ndcg": ndcg.numpy()})
+    err2 = (pred.double() - column(split.query, "rating", torch.float64)).square().numpy()
+    frame = pd.DataFrame({"user_idx": users,  # (n_u,) sums over each user's query ratings
+                          "sse": np.bincount(row.numpy(), err2, len(users)),
+                          "n": np.bincount(row.numpy(), minlength=len(users))})
+    evaluated = np.isin(users, rel["user_idx"].to_numpy())  # full_ranking_ndcg's users
+    frame["ndcg"] = np.nan
+    frame.loc[evaluated, "ndcg"] = ndcg.numpy()
+    return out, frame
