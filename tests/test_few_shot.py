@@ -35,6 +35,7 @@ from recsys_ref.few_shot import (
     metarec_split,
     paired_rmse_by,
     query_ndcg,
+    search_new_users,
 )
 from recsys_ref.few_shot.maml import _pad, masked_mse
 from recsys_ref.models import BiasedMF
@@ -548,6 +549,15 @@ def test_content_map_leave_one_out_error_is_refitting_without_each_row():
         other = ContentMap(reg=0.5).fit(X[keep], T[keep])
         errors.append((T[i].double() - other.predict(X[i:i + 1])[0]).square().sum())
     assert m.loo_mse_ == pytest.approx(float(torch.stack(errors).mean()), rel=1e-8)
+    # several penalties: the one with the lowest leave-one-out error is kept and refitted
+    many = ContentMap(reg=(1e4, 0.5, 1e-3)).fit(X, T)
+    assert set(many.loo_by_reg_) == {1e4, 0.5, 1e-3}
+    assert many.loo_by_reg_[0.5] == pytest.approx(m.loo_mse_)
+    assert many.reg_ == min(many.loo_by_reg_, key=many.loo_by_reg_.get)
+    assert many.loo_mse_ == many.loo_by_reg_[many.reg_]
+    assert torch.allclose(many.predict(X), ContentMap(many.reg_).fit(X, T).predict(X))
+    with pytest.raises(ValueError, match="reg"):
+        ContentMap(reg=())
 
 
 def test_cold_items_split_and_scoring():
@@ -657,6 +667,23 @@ def test_paired_rmse_by_is_paired_rmse_gap_per_k():
         paired_rmse_by(per, "a", "c")
     with pytest.raises(ValueError, match="NaN"):
         paired_rmse_by(per, "a", "none")
+
+
+def test_search_new_users_keeps_the_best_validation_model():
+    ratings, _ = synthetic_ratings(per_user=30)
+    split = cold_user_split(ratings, 5, test_frac=0.2, valid_frac=0.2, seed=0)
+    mf = BiasedMF(60, 40, n_factors=3, solver="als", n_epochs=5).fit(split.train)
+    configs = [dict(n_steps=1, lr=1e-4), dict(n_steps=30, lr=0.05)]
+    model, table = search_new_users(lambda **kw: FineTuneMF(60, 40, model=mf, **kw), configs,
+                                    split)
+    assert list(table["n_steps"]) == [1, 30] and table["RMSE"].notna().all()
+    best = int(table["RMSE"].idxmin())
+    assert model.config.n_steps == configs[best]["n_steps"]
+    rmse = evaluate_new_users(model, split.valid_support, split.valid_query)["RMSE"]
+    assert rmse == pytest.approx(table["RMSE"].min())
+    no_valid = cold_user_split(ratings, 5, test_frac=0.2, seed=0)
+    with pytest.raises(ValueError, match="validation users"):
+        search_new_users(lambda **kw: ItemMean(60, 40), [{}], no_valid)
 
 
 def test_evaluate_new_users_per_user_sums_to_the_rmse():

@@ -46,6 +46,7 @@ from recsys_ref.few_shot.protocol import (
     query_ndcg,
 )
 from recsys_ref.few_shot.rating_net import RatingNet
+from recsys_ref.few_shot.validation import search_new_users
 
 __all__ = [
     "BackboneFoldIn", "item_embeddings",
@@ -55,4 +56,5 @@ __all__ = [
     "cold_user_split", "evaluate_metarec", "evaluate_new_users", "fold_in_items",
     "fold_in_users", "full_ranking_ndcg", "gaussian_posterior", "inner_adapt",
     "metarec_metrics", "metarec_split", "paired_rmse_by", "query_ndcg", "residual_variance",
+    "search_new_users",
 ]

@@ -67,11 +67,16 @@ class ContentMap:
     """Ridge regression :eq:`content-map` from content features to targets, with intercept.
 
     Args:
-        reg: :math:`\\lambda` (the intercept is not penalised).
+        reg: :math:`\\lambda` (the intercept is not penalised), or several candidates: the
+            fit keeps the one with the lowest leave-one-out error ``loo_mse_`` (ties: the
+            first), as ``reg_``, and every candidate's error in ``loo_by_reg_``.
     """
 
-    def __init__(self, reg: float = 1.0):
-        self.reg = check_nonnegative(reg, "reg")
+    def __init__(self, reg: float | tuple[float, ...] = 1.0):
+        regs = tuple(reg) if isinstance(reg, tuple | list) else (reg,)
+        if not regs:
+            raise ValueError("reg must be a penalty or a non-empty sequence of them")
+        self.reg = tuple(check_nonnegative(r, "reg") for r in regs)
 
     def fit(self, X: torch.Tensor, T: torch.Tensor) -> ContentMap:
         """Fit on ``X`` ``(n, f)`` and ``T`` ``(n, k)``; sets ``residual_cov_`` ``(k, k)``
@@ -87,16 +92,25 @@ class ContentMap:
         if X.dim() != 2 or T.dim() != 2 or len(X) != len(T) or len(X) < 2:
             raise ValueError(f"X and T must be (n, f) and (n, k) with n >= 2, got "
                              f"{tuple(X.shape)} and {tuple(T.shape)}")
+        self.loo_by_reg_ = {}
+        for reg in self.reg:  # each candidate's leave-one-out error, then the best one refitted
+            self._fit_one(X, T, reg)
+            self.loo_by_reg_[reg] = self.loo_mse_
+        self.reg_ = min(self.reg, key=self.loo_by_reg_.get)
+        if len(self.reg) > 1:
+            self._fit_one(X, T, self.reg_)
+        return self
+
+    def _fit_one(self, X: torch.Tensor, T: torch.Tensor, reg: float) -> None:
         self.x_mean_, self.t_mean_ = X.mean(0), T.mean(0)
         Xc, Tc = X - self.x_mean_, T - self.t_mean_
-        A = Xc.T @ Xc + self.reg * torch.eye(X.shape[1], dtype=torch.float64)  # (f, f)
+        A = Xc.T @ Xc + reg * torch.eye(X.shape[1], dtype=torch.float64)  # (f, f)
         self.W_ = torch.linalg.lstsq(A, Xc.T @ Tc).solution  # (f, k); lstsq: A may be singular
         # (n,) leverages h_ii of the fit with its intercept (1/n: the column of ones)
         hat = 1 / len(X) + (Xc * torch.linalg.lstsq(A, Xc.T).solution.T).sum(1)
         resid = (Tc - Xc @ self.W_) / (1 - hat.clamp(max=1 - 1e-6))[:, None]  # LOO residuals
         self.residual_cov_ = resid.T @ resid / len(X)  # (k, k)
         self.loo_mse_ = float(resid.square().sum(1).mean())
-        return self
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         """``(m, f) -> (m, k)`` float64 predictions."""
@@ -109,12 +123,14 @@ class ColdItemMF:
     Args:
         model: a BiasedMF fitted on the training ratings (cold items have no ratings there).
         content: ``(n_items, f)`` content features (:func:`content_features`).
-        reg: the content map's ridge penalty.
+        reg: the content map's ridge penalty, or candidates to choose from by leave-one-out
+            error (:class:`ContentMap`).
         min_ratings: warm items need this many training ratings to train the map (items
             with fewer have poorly estimated factors).
     """
 
-    def __init__(self, model: BiasedMF, content: torch.Tensor, reg: float = 10.0,
+    def __init__(self, model: BiasedMF, content: torch.Tensor,
+                 reg: float | tuple[float, ...] = 10.0,
                  min_ratings: int = 5):
         if not hasattr(model, "factors_"):
             raise ValueError("model must be a fitted BiasedMF")
