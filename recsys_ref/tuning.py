@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -56,7 +57,8 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
            evaluate: Callable[[object], Mapping[str, float]], *, metric: str,
            higher_is_better: bool = True, valid: pd.DataFrame | None = None,
            record: Sequence[str] = (), cache: bool = True, progress: bool = False,
-           desc: str = "search") -> pd.DataFrame:
+           desc: str = "search", fit_kwargs: Mapping | None = None,
+           keep: list | None = None) -> pd.DataFrame:
     """Fit ``make(**config)`` on ``train`` for each configuration and score it.
 
     Args:
@@ -72,6 +74,10 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
         record: fitted-model attributes to copy into the table (e.g. ``"best_epoch_"``).
         cache: fit through :func:`recsys_ref.model_cache.cached_fit` (default) or plainly.
         progress: a progress bar over the configurations (interactive sessions only).
+        fit_kwargs: further keyword arguments of ``fit`` (e.g. the pretrained networks a
+            NeuMF starts from); such fits are never cached, so ``cache`` must be False.
+        keep: a list to which every fitted model is appended, in the table's order (so the
+            winner, ``keep[configs.index(best_config(table))]``, need not be fitted again).
 
     Returns:
         A frame with one row per configuration (in the given order) holding the
@@ -87,12 +93,23 @@ def search(make: Callable[..., object], configs: Sequence[Mapping], train: pd.Da
     configs = [dict(c) for c in configs]
     if not configs:
         raise ValueError("search needs at least one configuration")
+    fit_kwargs = dict(fit_kwargs or {})
+    if fit_kwargs and cache:
+        raise ValueError("fit_kwargs cannot be cached (a fitted model is no cache key): "
+                         "pass cache=False")
     names = list(dict.fromkeys(k for c in configs for k in c))
     rows = []
     for config in progress_bar(configs, progress, desc=desc):
         model = make(**config)
-        fitted = cached_fit(model, train, valid) if cache else (
-            model.fit(train) if valid is None else model.fit(train, valid))
+        t0 = time.perf_counter()
+        if cache:
+            fitted = cached_fit(model, train, valid)
+        else:
+            args = (train,) if valid is None else (train, valid)
+            fitted = model.fit(*args, **fit_kwargs)
+            fitted.fit_seconds_ = time.perf_counter() - t0
+        if keep is not None:
+            keep.append(fitted)
         scores = dict(evaluate(fitted))
         if metric not in scores:
             raise ValueError(f"evaluate returned {sorted(scores)}, not the metric {metric!r}")

@@ -265,6 +265,10 @@ def deep_recommenders(g):
     # popularity does better on the least active users than on the most active ones
     assert g["pop_q1"] > g["pop_q4"] and g["ials_q1"] > g["ials_q4"]
     assert g["q1_diff_low"] <= g["q1_diff"] <= g["q1_diff_high"]
+    # every network's settings come from a validation search whose winner is printed
+    assert g["n_configs"] == 2 and g["n_autorec"] == 2
+    assert "n_factors=" in g["gmf_setting"] and "layers=" in g["mlp_setting"]
+    assert "temperature=" in g["tt_setting"] and "temperature=" in g["ttid_setting"]
     # explicit: BiasedMF reproduces the previous chapter's u1 figure (ALS is deterministic);
     # AutoRec's full-settings claims (<= 0.900 on u1, below BiasedMF on every fold) are
     # asserted in the chapter's own cell
@@ -379,6 +383,23 @@ def few_shot(g):
     assert g["title_verdict"] == ("add to" if g["title_gain_low"] > 0
                                   else "do not measurably add to")
     assert g["title_gain_low"] <= g["title_gain"] <= g["title_gain_high"]
+    # verdict words read from the paired intervals next to them
+    def than(key):
+        lo, hi = g[f"lo_{key}_1"], g[f"hi_{key}_1"]
+        return ("lower than" if hi < 0 else "higher than" if lo > 0
+                else "not measurably different from")
+
+    assert g["eb_mean_1"] == than("foldinEB_itemmean")
+    assert g["ridge_mean_1"] == than("foldinridge_itemmean")
+    meta_wins = [g[f"hi_{m}_foldinEB_{k}"] < 0 for m in ("MAML", "MeLU") for k in (1, 3, 5, 10, 20)]
+    assert (g["meta_eb_verdict"] == "at no K") == (not any(meta_wins))
+    assert g["rmse_prior_verdict"] in ("keeps", "does not keep")
+    if g["rmse_prior_verdict"] == "keeps":
+        assert g["prior_rmse_10_high"] < 0
+    assert g["prior_rmse_10_low"] <= g["prior_rmse_10"] <= g["prior_rmse_10_high"]
+    # the settings were searched on validation users and are printed with the page
+    assert g["n_meta"] == 2 and "inner_lr=" in g["maml_setting"] and "n_steps=" in g[
+        "finetune_setting"]
     # pitfalls: leaking support ratings or splitting rows at random flatters the RMSE
     assert g["leak_support"] < g["leak_leaky"] < g["leak_honest"]
     assert g["random_split_rmse"] < g["leak_honest"]

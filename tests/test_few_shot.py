@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from recsys_ref.evaluation import paired_rmse_gap
 from recsys_ref.features import Features
 from recsys_ref.few_shot import (
     MAML,
@@ -22,6 +23,7 @@ from recsys_ref.few_shot import (
     Popularity,
     cold_item_split,
     cold_user_split,
+    evaluate_cold_items,
     evaluate_metarec,
     evaluate_new_users,
     fold_in_items,
@@ -31,7 +33,9 @@ from recsys_ref.few_shot import (
     inner_adapt,
     metarec_metrics,
     metarec_split,
+    paired_rmse_by,
     query_ndcg,
+    search_new_users,
 )
 from recsys_ref.few_shot.maml import _pad, masked_mse
 from recsys_ref.models import BiasedMF
@@ -535,6 +539,27 @@ def test_content_map_residual_cov_is_leave_one_out():
     torch.testing.assert_close(cmap.residual_cov_, loo.T @ loo / 30)
 
 
+def test_content_map_leave_one_out_error_is_refitting_without_each_row():
+    g = torch.Generator().manual_seed(0)
+    X, T = torch.randn(12, 3, generator=g), torch.randn(12, 2, generator=g)
+    m = ContentMap(reg=0.5).fit(X, T)
+    errors = []
+    for i in range(12):
+        keep = torch.arange(12) != i
+        other = ContentMap(reg=0.5).fit(X[keep], T[keep])
+        errors.append((T[i].double() - other.predict(X[i:i + 1])[0]).square().sum())
+    assert m.loo_mse_ == pytest.approx(float(torch.stack(errors).mean()), rel=1e-8)
+    # several penalties: the one with the lowest leave-one-out error is kept and refitted
+    many = ContentMap(reg=(1e4, 0.5, 1e-3)).fit(X, T)
+    assert set(many.loo_by_reg_) == {1e4, 0.5, 1e-3}
+    assert many.loo_by_reg_[0.5] == pytest.approx(m.loo_mse_)
+    assert many.reg_ == min(many.loo_by_reg_, key=many.loo_by_reg_.get)
+    assert many.loo_mse_ == many.loo_by_reg_[many.reg_]
+    assert torch.allclose(many.predict(X), ContentMap(many.reg_).fit(X, T).predict(X))
+    with pytest.raises(ValueError, match="reg"):
+        ContentMap(reg=())
+
+
 def test_cold_items_split_and_scoring():
     ratings, (P, Q, b_u, b_i) = synthetic_ratings(n_users=60, n_items=40, per_user=30)
     split = cold_item_split(ratings, k=3, test_frac=0.2, min_ratings=10, seed=0)
@@ -556,6 +581,11 @@ def test_cold_items_split_and_scoring():
     post = model.adapt_items(split.support, cold)
     prior_mean, _ = model.item_prior(cold)
     assert not torch.allclose(post.mean, prior_mean)
+    out, per_user = evaluate_cold_items(model, split, per_user=True)
+    assert per_user["n"].sum() == len(split.query)  # every query user, every rating once
+    assert np.sqrt(per_user["sse"].sum() / per_user["n"].sum()) == pytest.approx(out["RMSE"])
+    assert per_user["ndcg"].notna().sum() == out["n_users"]
+    assert per_user["ndcg"].mean() == pytest.approx(out["NDCG@10"])
     with pytest.raises(ValueError, match="content"):
         ColdItemMF(mf, content[:5])
 
@@ -611,6 +641,49 @@ def test_real_encoder(tmp_path, monkeypatch):
     assert e.shape == (3, 384)
     assert torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-4)
     assert e[0] @ e[1] > e[0] @ e[2]  # sequels are closer than unrelated titles
+
+
+def test_paired_rmse_by_is_paired_rmse_gap_per_k():
+    rng = np.random.default_rng(0)
+    rows = []
+    for seed in (0, 1):
+        for k in (1, 5):
+            for u in range(20):
+                n, r = int(rng.integers(1, 5)), rng.random()
+                rows += [dict(seed=seed, K=k, user_idx=u, method=m, sse=scale * n * r, n=n)
+                         for m, scale in (("a", 1.0), ("b", 2.0))]
+    per = pd.DataFrame(rows)
+    # a third method that predicts no ratings (NaN sse) does not get in the way
+    per = pd.concat([per, per[per["method"] == "a"].assign(method="none", sse=np.nan)])
+    out = paired_rmse_by(per, "a", "b", seed=3)
+    assert list(out.index) == [1, 5] and list(out.columns) == ["gap", "low", "high"]
+    a, b = (per[(per["K"] == 5) & (per["method"] == m)].set_index(["seed", "user_idx"])
+            for m in ("a", "b"))
+    direct = paired_rmse_gap(a["sse"], b["sse"], a["n"], a.index.get_level_values("seed"),
+                             seed=3)
+    assert out.loc[5].tolist() == pytest.approx(list(direct))
+    assert out["high"].max() < 0  # a has half b's squared error for every user
+    with pytest.raises(ValueError, match="'c'"):
+        paired_rmse_by(per, "a", "c")
+    with pytest.raises(ValueError, match="NaN"):
+        paired_rmse_by(per, "a", "none")
+
+
+def test_search_new_users_keeps_the_best_validation_model():
+    ratings, _ = synthetic_ratings(per_user=30)
+    split = cold_user_split(ratings, 5, test_frac=0.2, valid_frac=0.2, seed=0)
+    mf = BiasedMF(60, 40, n_factors=3, solver="als", n_epochs=5).fit(split.train)
+    configs = [dict(n_steps=1, lr=1e-4), dict(n_steps=30, lr=0.05)]
+    model, table = search_new_users(lambda **kw: FineTuneMF(60, 40, model=mf, **kw), configs,
+                                    split)
+    assert list(table["n_steps"]) == [1, 30] and table["RMSE"].notna().all()
+    best = int(table["RMSE"].idxmin())
+    assert model.config.n_steps == configs[best]["n_steps"]
+    rmse = evaluate_new_users(model, split.valid_support, split.valid_query)["RMSE"]
+    assert rmse == pytest.approx(table["RMSE"].min())
+    no_valid = cold_user_split(ratings, 5, test_frac=0.2, seed=0)
+    with pytest.raises(ValueError, match="validation users"):
+        search_new_users(lambda **kw: ItemMean(60, 40), [{}], no_valid)
 
 
 def test_evaluate_new_users_per_user_sums_to_the_rmse():

@@ -67,3 +67,41 @@ def test_search_rejects_missing_and_non_finite_metrics(tmp_path, monkeypatch):
         search(make, [{}], train, lambda m: {"RMSE": float("nan")}, metric="RMSE")
     with pytest.raises(ValueError, match="at least one configuration"):
         search(make, [], train, lambda m: {"RMSE": 1.0}, metric="RMSE")
+
+
+class _Shifted:
+    """A scorer whose fit takes an extra argument: popularity plus a planted item bonus."""
+
+    def __init__(self, n_users, n_items):
+        self.n_users, self.n_items = n_users, n_items
+
+    def fit(self, train, valid=None, bonus=None):
+        self.pop_ = Popularity(self.n_users, self.n_items).fit(train)
+        self.bonus_ = bonus
+        return self
+
+    def score(self, user_idx):
+        s = self.pop_.score(user_idx)
+        return s if self.bonus_ is None else s + self.bonus_[user_idx]
+
+
+def test_search_passes_fit_kwargs_uncached(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_REF_DATA", str(tmp_path))
+    train, valid, n_users, n_items = _planted()
+    oracle = torch.zeros(n_users, n_items)  # a bonus on each user's validation item
+    vu, vi = (torch.tensor(valid[c].to_numpy()) for c in ("user_idx", "item_idx"))
+    oracle[vu, vi] = 1e6
+
+    def run(bonus, **kw):
+        return search(lambda: _Shifted(n_users, n_items), [{}], train,
+                      lambda m: evaluate_ranking(m, valid, train, ks=(5,)), metric="NDCG@5",
+                      fit_kwargs={"bonus": bonus}, **kw)
+
+    with pytest.raises(ValueError, match="cache=False"):
+        run(oracle)
+    # the argument reached fit: the planted bonus puts every validation item first
+    assert run(oracle, cache=False)["NDCG@5"].iloc[0] == pytest.approx(1.0)
+    assert run(None, cache=False)["NDCG@5"].iloc[0] < 0.9
+    kept = []
+    assert run(oracle, cache=False, keep=kept)["fit_seconds"].iloc[0] >= 0
+    assert len(kept) == 1 and kept[0].bonus_ is oracle

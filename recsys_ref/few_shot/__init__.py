@@ -36,6 +36,7 @@ from recsys_ref.few_shot.fold_in import (
 )
 from recsys_ref.few_shot.maml import MAML, MAMLConfig, inner_adapt
 from recsys_ref.few_shot.melu import MeLU
+from recsys_ref.few_shot.paired import paired_rmse_by
 from recsys_ref.few_shot.protocol import (
     FewShotSplit,
     cold_user_split,
@@ -45,6 +46,7 @@ from recsys_ref.few_shot.protocol import (
     query_ndcg,
 )
 from recsys_ref.few_shot.rating_net import RatingNet
+from recsys_ref.few_shot.validation import search_new_users
 
 __all__ = [
     "BackboneFoldIn", "item_embeddings",
@@ -53,5 +55,6 @@ __all__ = [
     "GaussianPosterior", "ItemMean", "MAMLConfig", "MeLU", "Popularity", "RatingNet",
     "cold_user_split", "evaluate_metarec", "evaluate_new_users", "fold_in_items",
     "fold_in_users", "full_ranking_ndcg", "gaussian_posterior", "inner_adapt",
-    "metarec_metrics", "metarec_split", "query_ndcg", "residual_variance",
+    "metarec_metrics", "metarec_split", "paired_rmse_by", "query_ndcg", "residual_variance",
+    "search_new_users",
 ]

@@ -67,33 +67,50 @@ class ContentMap:
     """Ridge regression :eq:`content-map` from content features to targets, with intercept.
 
     Args:
-        reg: :math:`\\lambda` (the intercept is not penalised).
+        reg: :math:`\\lambda` (the intercept is not penalised), or several candidates: the
+            fit keeps the one with the lowest leave-one-out error ``loo_mse_`` (ties: the
+            first), as ``reg_``, and every candidate's error in ``loo_by_reg_``.
     """
 
-    def __init__(self, reg: float = 1.0):
-        self.reg = check_nonnegative(reg, "reg")
+    def __init__(self, reg: float | tuple[float, ...] = 1.0):
+        regs = tuple(reg) if isinstance(reg, tuple | list) else (reg,)
+        if not regs:
+            raise ValueError("reg must be a penalty or a non-empty sequence of them")
+        self.reg = tuple(check_nonnegative(r, "reg") for r in regs)
 
     def fit(self, X: torch.Tensor, T: torch.Tensor) -> ContentMap:
-        """Fit on ``X`` ``(n, f)`` and ``T`` ``(n, k)``; sets ``residual_cov_`` ``(k, k)``.
+        """Fit on ``X`` ``(n, f)`` and ``T`` ``(n, k)``; sets ``residual_cov_`` ``(k, k)``
+        and ``loo_mse_``.
 
         ``residual_cov_`` is the covariance of the *leave-one-out* residuals
         :math:`e_i / (1 - h_{ii})` (:math:`h_{ii}` the leverage of row :math:`i`): in-sample
         residuals of a map with many features (384 for a title embedding) are too small, and
-        a prior built on them would be overconfident about a new item.
+        a prior built on them would be overconfident about a new item. ``loo_mse_``, their
+        mean squared norm, is the leave-one-out error that chooses ``reg`` in the chapter.
         """
         X, T = torch.as_tensor(X).double(), torch.as_tensor(T).double()
         if X.dim() != 2 or T.dim() != 2 or len(X) != len(T) or len(X) < 2:
             raise ValueError(f"X and T must be (n, f) and (n, k) with n >= 2, got "
                              f"{tuple(X.shape)} and {tuple(T.shape)}")
+        self.loo_by_reg_ = {}
+        for reg in self.reg:  # each candidate's leave-one-out error, then the best one refitted
+            self._fit_one(X, T, reg)
+            self.loo_by_reg_[reg] = self.loo_mse_
+        self.reg_ = min(self.reg, key=self.loo_by_reg_.get)
+        if len(self.reg) > 1:
+            self._fit_one(X, T, self.reg_)
+        return self
+
+    def _fit_one(self, X: torch.Tensor, T: torch.Tensor, reg: float) -> None:
         self.x_mean_, self.t_mean_ = X.mean(0), T.mean(0)
         Xc, Tc = X - self.x_mean_, T - self.t_mean_
-        A = Xc.T @ Xc + self.reg * torch.eye(X.shape[1], dtype=torch.float64)  # (f, f)
+        A = Xc.T @ Xc + reg * torch.eye(X.shape[1], dtype=torch.float64)  # (f, f)
         self.W_ = torch.linalg.lstsq(A, Xc.T @ Tc).solution  # (f, k); lstsq: A may be singular
         # (n,) leverages h_ii of the fit with its intercept (1/n: the column of ones)
         hat = 1 / len(X) + (Xc * torch.linalg.lstsq(A, Xc.T).solution.T).sum(1)
         resid = (Tc - Xc @ self.W_) / (1 - hat.clamp(max=1 - 1e-6))[:, None]  # LOO residuals
         self.residual_cov_ = resid.T @ resid / len(X)  # (k, k)
-        return self
+        self.loo_mse_ = float(resid.square().sum(1).mean())
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
         """``(m, f) -> (m, k)`` float64 predictions."""
@@ -106,12 +123,14 @@ class ColdItemMF:
     Args:
         model: a BiasedMF fitted on the training ratings (cold items have no ratings there).
         content: ``(n_items, f)`` content features (:func:`content_features`).
-        reg: the content map's ridge penalty.
+        reg: the content map's ridge penalty, or candidates to choose from by leave-one-out
+            error (:class:`ContentMap`).
         min_ratings: warm items need this many training ratings to train the map (items
             with fewer have poorly estimated factors).
     """
 
-    def __init__(self, model: BiasedMF, content: torch.Tensor, reg: float = 10.0,
+    def __init__(self, model: BiasedMF, content: torch.Tensor,
+                 reg: float | tuple[float, ...] = 10.0,
                  min_ratings: int = 5):
         if not hasattr(model, "factors_"):
             raise ValueError("model must be a fitted BiasedMF")
@@ -213,8 +232,10 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     items rated ``>= threshold``.
 
     Returns:
-        ``{"RMSE", "NDCG@k", "n_users"}`` (and, if ``per_user``, a frame ``user_idx, ndcg``
-        of the users with a relevant item). See the chapter "Few-shot recommendation".
+        ``{"RMSE", "NDCG@k", "n_users"}`` (and, if ``per_user``, a frame with one row per
+        user of the query set: ``user_idx``, ``sse`` and ``n`` of their query ratings, the
+        units of :func:`recsys_ref.evaluation.paired_rmse_gap`, and ``ndcg``, NaN for a user
+        without a relevant item). See the chapter "Few-shot recommendation".
     """
     check_frame(split.query, "split.query", ["user_idx", "item_idx", "rating"])
     cold = np.unique(split.query["item_idx"].to_numpy())
@@ -233,5 +254,11 @@ def evaluate_cold_items(model: ColdItemMF, split: FewShotSplit, k: int = 10,
     if not per_user:
         return out
     rel = split.query[split.query["rating"] >= threshold]
-    evaluated = users[np.isin(users, rel["user_idx"].to_numpy())]  # full_ranking_ndcg's order
-    return out, pd.DataFrame({"user_idx": evaluated, "ndcg": ndcg.numpy()})
+    err2 = (pred.double() - column(split.query, "rating", torch.float64)).square().numpy()
+    frame = pd.DataFrame({"user_idx": users,  # (n_u,) sums over each user's query ratings
+                          "sse": np.bincount(row.numpy(), err2, len(users)),
+                          "n": np.bincount(row.numpy(), minlength=len(users))})
+    evaluated = np.isin(users, rel["user_idx"].to_numpy())  # full_ranking_ndcg's users
+    frame["ndcg"] = np.nan
+    frame.loc[evaluated, "ndcg"] = ndcg.numpy()
+    return out, frame

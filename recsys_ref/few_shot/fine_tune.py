@@ -25,7 +25,8 @@ from recsys_ref.training import fit_epochs, gradient_step
 
 @dataclass
 class FineTuneConfig:
-    """Hyperparameters of :class:`FineTuneMF` (chosen on validation users of MovieLens-100K)."""
+    """Hyperparameters of :class:`FineTuneMF`; the chapter "Few-shot recommendation" chooses
+    ``n_steps`` and ``lr`` on validation users (:mod:`recsys_ref.tuning`)."""
 
     n_steps: int = 30  # full-batch steps on the support set (one "epoch" of fit_epochs each)
     lr: float = 0.01  # Adam step size (small: few steps of it regularise like a prior)

@@ -88,7 +88,8 @@ def inner_adapt(net, params: dict, local, users, items, ratings, mask, lr: float
 
 @dataclass
 class MAMLConfig:
-    """Hyperparameters of :class:`MAML` (chosen on validation users of MovieLens-100K)."""
+    """Hyperparameters of :class:`MAML`; the chapter "Few-shot recommendation" chooses the
+    inner and outer steps and the number of inner steps on validation users."""
 
     local: str = "all"  # inner loop adapts "all" parameters (MAML) or "decision" (MeLU)
     dim: int = 16  # embedding size per feature

@@ -24,7 +24,7 @@ from dataclasses import replace
 from recsys_ref.features import Features
 from recsys_ref.few_shot.maml import MAML, MAMLConfig
 
-# MAML's defaults (chosen on validation users) but the decision layers alone adapt
+# MAML's defaults, but the decision layers alone adapt
 MELU_DEFAULTS = MAMLConfig(local="decision")
 
 

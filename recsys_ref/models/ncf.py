@@ -192,11 +192,12 @@ def load_pretrained(neumf: NCFNet, gmf: NCFNet, mlp: NCFNet, alpha: float = 0.5)
 
 @dataclass
 class NCFConfig:
-    """Hyperparameters of :class:`NCF` (defaults: tuned on MovieLens-100K leave-last-out).
+    """Hyperparameters of :class:`NCF`; the chapter "Deep recommenders" chooses the sizes,
+    steps and negatives by a validation search (:mod:`recsys_ref.tuning`).
 
-    For a NeuMF initialised from a trained GMF and MLP, the paper switches to plain SGD; on
-    MovieLens-100K ``optimizer="sgd", lr=1.0`` validated best (a mean loss over 1,024
-    examples makes each embedding's gradient small, hence the large step).
+    For a NeuMF initialised from a trained GMF and MLP, the paper switches to plain SGD
+    (``optimizer="sgd"``); a mean loss over 1,024 examples makes each embedding's gradient
+    small, so its step must be large (the chapter searches it around 1).
     """
 
     model: str = "neumf"  # "gmf", "mlp" or "neumf"
