@@ -208,12 +208,13 @@ def _solve_short_rows(blocks, H: torch.Tensor, penalty: torch.Tensor, gram: torc
 class IALSConfig:
     """Hyperparameters of :class:`IALS`.
 
-    The defaults were chosen on the validation item of MovieLens-100K's leave-last-out split
-    (fit on the training part; d in {64, 128}, reg and alpha0 on log grids).
+    The defaults are starting values. The chapters fit iALS with the setting that the
+    validation search of the chapter "Matrix factorization" chooses
+    (:func:`recsys_ref.mf_tuning.implicit_settings`), never with settings tuned elsewhere.
     """
 
     n_factors: int = 128  # d
-    n_epochs: int = 15  # maximum sweeps (users, then items); 15 was best on validation
+    n_epochs: int = 15  # maximum sweeps (users, then items)
     reg: float = 0.003  # lambda, scaled per row by (count + alpha0 * n_other) ** nu
     alpha0: float = 0.5  # weight of every (user, item) cell pushed towards 0
     nu: float = 1.0  # frequency-scaling exponent (0: the same lambda for every row)

@@ -218,9 +218,11 @@ SOLVER_DEFAULTS = {"sgd": (100, 0.005), "adam": (45, 0.002), "als": (6, None)}
 class MFConfig:
     """Hyperparameters of :class:`BiasedMF`.
 
-    The defaults were chosen on validation splits carved out of the training data of the
-    MovieLens-100K folds u1..u5 (10% of each, never the test folds); the same ``n_factors``,
-    ``reg``, ``reg_bias`` and ``nu`` were best for all three solvers.
+    The defaults are the values that the validation search of the chapter "Matrix
+    factorization" (:func:`recsys_ref.mf_tuning.explicit_search`, on 10% of u1's training
+    data) chooses for ``nu``, ``reg`` and ``reg_bias`` at ``n_factors=100``; chapters that fit
+    BiasedMF on the u-folds read each fold's own choice from
+    :func:`recsys_ref.mf_tuning.mf_settings`.
     """
 
     n_factors: int = 100  # d
