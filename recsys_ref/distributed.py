@@ -208,7 +208,8 @@ class _BPRObjective(nn.Module):
 
 
 def distinct_pairs(train: pd.DataFrame, n_users: int, n_items: int):
-    """Distinct training pairs sorted by (user, item), as :class:`BPR` orders them."""
+    """Distinct training pairs sorted by (user, item), as
+    :class:`recsys_ref.models.bpr.BPR` orders them."""
     check_interactions(train, "train", n_users, n_items)
     keys = torch.sort(column(train, "user_idx") * n_items + column(train, "item_idx")).values
     return keys // n_items, keys % n_items

@@ -21,7 +21,7 @@ def paired_rmse_by(per_unit: pd.DataFrame, a: str, b: str, *, method: str = "met
     Args:
         per_unit: one row per (``group``, ``method``, ``by``, ``unit``) with the unit's sum of
             squared errors ``sse`` and its number of ratings ``n`` (e.g. the per-user frames
-            of :func:`recsys_ref.few_shot.evaluate_new_users`, stacked over seeds, methods
+            of :func:`recsys_ref.few_shot.base.evaluate_new_users`, stacked over seeds, methods
             and K).
         a, b: the two values of the ``method`` column to compare.
         method, by, group, unit: the column names.

@@ -21,7 +21,7 @@ def search_new_users(make: Callable[..., object], configs: Sequence[Mapping],
 
     Each fit receives ``(split.valid_support, split.valid_query)`` as its validation data (for
     early stopping, where the method has it); each fitted model is scored by
-    :func:`recsys_ref.few_shot.evaluate_new_users` on the same validation users
+    :func:`recsys_ref.few_shot.base.evaluate_new_users` on the same validation users
     (:func:`recsys_ref.tuning.search`, uncached).
 
     Returns:
