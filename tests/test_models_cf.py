@@ -16,16 +16,8 @@ from recsys_ref.models.baselines import (
     fit_biases,
 )
 from recsys_ref.models.ease import EASE, ease_weights
-from recsys_ref.models.neighborhood import (
-    KINDS,
-    ItemKNN,
-    KNNRating,
-    UserKNN,
-    _top_k_entries,
-    knn_cosine,
-    similarity_matrix,
-    support,
-)
+from recsys_ref.models.knn_top_n import ItemKNN, UserKNN, _top_k_entries, knn_cosine
+from recsys_ref.models.neighborhood import KINDS, KNNRating, similarity_matrix, support
 
 N_USERS, N_ITEMS = 14, 11
 
