@@ -93,6 +93,13 @@ def knn_cosine(X: torch.Tensor, shrinkage: float, k: int | None,
     return csr_pattern(torch.cat(rows), torch.cat(cols), n, n, torch.cat(vals))
 
 
+def check_knn(k: int | None, shrinkage: float) -> tuple[int | None, float]:
+    """Validated ``(k, shrinkage)`` of a k-NN model: ``k`` a positive int or ``None`` (keep
+    all), ``shrinkage >= 0``."""
+    return (None if k is None else check_positive_int(k, "k"),
+            check_nonnegative(shrinkage, "shrinkage"))
+
+
 class ItemKNN(Recommender):
     """Item-based k-NN for top-N recommendation from implicit (binary) feedback.
 
@@ -124,8 +131,7 @@ class ItemKNN(Recommender):
 
     def __init__(self, n_users: int, n_items: int, k: int | None = 10, shrinkage: float = 0.0):
         super().__init__(n_users, n_items)
-        self.k = None if k is None else check_positive_int(k, "k")
-        self.shrinkage = check_nonnegative(shrinkage, "shrinkage")
+        self.k, self.shrinkage = check_knn(k, shrinkage)
 
     def fit(self, train: pd.DataFrame) -> ItemKNN:
         """Binarise ``train`` and build the pruned item-item similarity (sparse)."""
@@ -164,21 +170,14 @@ class UserKNN(Recommender):
     entries per row; memory is ``O(nnz + n_users k)`` plus ``O(batch x (n_users + n_items))``
     per scored batch.
 
-    Args:
-        n_users: number of users.
-        n_items: number of items.
-        k: neighbours kept per user (default 20); ``None`` keeps all. Ties at the k-th place
-            keep the lower user index.
-        shrinkage: ``h >= 0`` (default 0). The chapter chooses ``k`` and ``h`` by a
-            validation search on MovieLens-100K's leave-last-out split.
-
-    See the chapter "Top-N recommendation with item-item models".
+    The arguments are :class:`ItemKNN`'s, with ``k`` (default 20) the neighbours kept per
+    user (ties keep the lower user index). See the chapter "Top-N recommendation with
+    item-item models".
     """
 
     def __init__(self, n_users: int, n_items: int, k: int | None = 20, shrinkage: float = 0.0):
         super().__init__(n_users, n_items)
-        self.k = None if k is None else check_positive_int(k, "k")
-        self.shrinkage = check_nonnegative(shrinkage, "shrinkage")
+        self.k, self.shrinkage = check_knn(k, shrinkage)
 
     def fit(self, train: pd.DataFrame) -> UserKNN:
         """Binarise ``train`` and build the pruned user-user similarity (sparse)."""
