@@ -43,7 +43,7 @@ def test_centred_svd_matches_the_dense_svd(rank):
     torch.testing.assert_close((m.user_factors_ @ m.item_factors_.T).double(), P @ Q.T,
                                atol=1e-4, rtol=1e-4)
     # predictions are the user's mean plus that product
-    u, i = frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy()
+    u, i = np.array(frame["user_idx"]), np.array(frame["item_idx"])  # writable copies
     means = np.array(frame.groupby("user_idx")["rating"].mean()
                      .reindex(range(N_USERS), fill_value=0))  # (N_USERS,)
     expected = torch.tensor(means[u]) + (P[u] * Q[i]).sum(1)
@@ -58,7 +58,7 @@ def test_centred_svd_is_seeded_and_fits_better_with_rank():
     a = CentredSVD(N_USERS, N_ITEMS, 3, seed=0).fit(frame)
     b = CentredSVD(N_USERS, N_ITEMS, 3, seed=0).fit(frame)
     assert torch.equal(a.user_factors_, b.user_factors_)
-    u, i = frame["user_idx"].to_numpy(), frame["item_idx"].to_numpy()
+    u, i = np.array(frame["user_idx"]), np.array(frame["item_idx"])  # writable copies
     r = torch.tensor(frame["rating"].to_numpy())
     errors = [float(((CentredSVD(N_USERS, N_ITEMS, k).fit(frame).predict(u, i) - r) ** 2).mean())
               for k in (1, 3, 10)]

@@ -1,15 +1,15 @@
 r"""Features for the contextual bandits, computed from sparse ratings (no dense rating matrix).
 
-:class:`CentredSVD` is the truncated SVD of the user-centred rating matrix
-:math:`C_{ui} = r_{ui} - \bar r_u` on observed pairs and 0 elsewhere,
+:class:`recsys_ref.bandits.features.CentredSVD` is the truncated SVD of the user-centred
+rating matrix :math:`C_{ui} = r_{ui} - \bar r_u` on observed pairs and 0 elsewhere,
 :math:`C \approx U_k S_k V_k^\top`, with user factors :math:`U_k S_k^{1/2}` and item factors
 :math:`V_k S_k^{1/2}`. :math:`C` is kept as a sparse tensor and its top singular vectors are
 found by randomized subspace iteration (:func:`torch.svd_lowrank`): with enough power
 iterations it agrees with the dense SVD's leading factors (up to each factor's sign, which a
 product :math:`e_u \odot e_i` does not see) without building the ``(n_users, n_items)`` matrix.
 
-:func:`shrunk_item_means` is each item's mean rating shrunk toward the global mean by
-``strength`` pseudo-ratings. See the chapter "Exploration".
+:func:`recsys_ref.bandits.features.shrunk_item_means` is each item's mean rating shrunk toward
+the global mean by ``strength`` pseudo-ratings. See the chapter "Exploration".
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class CentredSVD(Recommender):
         oversample: extra columns of the random subspace (``q = rank + oversample``).
         seed: seed of the random starting subspace (the result is deterministic on CPU).
 
-    After :meth:`fit`: ``user_factors_`` ``(n_users, k)``, ``item_factors_``
-    ``(n_items, k)``, ``singular_values_`` ``(k,)`` and ``user_means_`` ``(n_users,)`` (0 for
-    a user without ratings). :meth:`predict` gives ``user_mean + e_u . e_i`` in stars.
+    After fitting: ``user_factors_`` ``(n_users, k)``, ``item_factors_`` ``(n_items, k)``,
+    ``singular_values_`` ``(k,)`` and ``user_means_`` ``(n_users,)`` (0 for a user without
+    ratings). Predictions are ``user_mean + e_u . e_i``, in stars.
     """
 
     def __init__(self, n_users: int, n_items: int, rank: int = 16, n_iter: int = 32,
@@ -117,7 +117,7 @@ def shrunk_item_means(train: pd.DataFrame, n_items: int, strength: float,
 class ShrunkItemMean(Recommender):
     """Predicts every user's rating of an item by the item's shrunk mean
     (:func:`recsys_ref.bandits.features.shrunk_item_means` with ``centre=False``), so the
-    strength can be chosen by a validation search. After :meth:`fit`: ``means_``
+    strength can be chosen by a validation search. After fitting: ``means_``
     ``(n_items,)``."""
 
     def __init__(self, n_users: int, n_items: int, strength: float = 10.0):

@@ -1,13 +1,14 @@
 r"""Repeated off-policy evaluation experiments: where the truth is known, and refitted bootstraps.
 
-:func:`simulated_ope` replicates an off-policy experiment in the click simulator: each
-replication logs ``n_log`` i.i.d. rounds of a logging policy :math:`\pi_b`, fits a reward
-model on them and estimates the exact value :math:`V(\pi_e)` with IPS, SNIPS, DM and DR; an
-on-policy log of :math:`\pi_e` of the same size gives the kind of noisy truth real logs have.
-:func:`bias_table` summarises the replications against the exact value.
-:func:`refit_bootstrap` is the Open Bandit Pipeline's protocol on real logs: bootstrap samples
-of the logs, the reward model refitted on each, the mean relative error per estimator.
-See the chapter "Exploration".
+:func:`recsys_ref.bandits.ope_experiments.simulated_ope` replicates an off-policy experiment in
+the click simulator: each replication logs ``n_log`` i.i.d. rounds of a logging policy
+:math:`\pi_b`, fits a reward model on them and estimates the exact value :math:`V(\pi_e)` with
+IPS, SNIPS, DM and DR; an on-policy log of :math:`\pi_e` of the same size gives the kind of
+noisy truth real logs have. :func:`recsys_ref.bandits.ope_experiments.bias_table` summarises
+the replications against the exact value.
+:func:`recsys_ref.bandits.ope_experiments.refit_bootstrap` is the Open Bandit Pipeline's
+protocol on real logs: bootstrap samples of the logs, the reward model refitted on each, the
+mean relative error per estimator. See the chapter "Exploration".
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def simulated_ope(click_prob, pi_b, pi_e, n_log: int, n_reps: int,
 
 
 def bias_table(runs: pd.DataFrame, true_value: float) -> pd.DataFrame:
-    """Per estimator (the columns of :func:`simulated_ope` but ESS): mean estimate, bias
+    """Per estimator (the columns of
+    :func:`recsys_ref.bandits.ope_experiments.simulated_ope` but ESS): mean estimate, bias
     with a 95% t interval over the replications, standard deviation and RMSE / V."""
     table = {}
     for est in (*ESTIMATORS, "on-policy"):
