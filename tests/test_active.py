@@ -11,6 +11,7 @@ from recsys_ref.active import strategies as S
 from recsys_ref.active.elicitation import (
     ElicitationSimulator,
     elicitation_split,
+    search_strategy,
     summarize_curve,
 )
 from recsys_ref.active.pool import (
@@ -23,6 +24,7 @@ from recsys_ref.active.pool import (
 )
 from recsys_ref.few_shot import FoldInMF
 from recsys_ref.models.mf import BiasedMF, MFConfig
+from recsys_ref.tuning import best_config
 
 
 def state(n=4, m=1, **kw):
@@ -237,6 +239,22 @@ def test_simulator_uncertainty_strategies_run(tiny):
                S.DensityWeightedUncertainty(), S.ProportionalUncertainty()):
         curve = sim.run(st, budget=3)
         assert curve["n_answered"].max() == 3
+
+
+def test_search_strategy_ranks_by_validation_ndcg(tiny):
+    _, split, model = tiny
+    sim = ElicitationSimulator(model, split, seed=1)
+    table = search_strategy(lambda power: S.ProportionalUncertainty(power=power),
+                            [{"power": 0.0}, {"power": 2.0}], sim, budget=4, k_eval=2)
+    assert list(table.columns) == ["power", "ndcg", "rmse"]
+    # each row is the strategy's own mean NDCG after k_eval questions on this simulator
+    for row in table.itertuples():
+        curve = ElicitationSimulator(model, split, seed=1).run(
+            S.ProportionalUncertainty(power=row.power), 4)
+        assert row.ndcg == pytest.approx(summarize_curve(curve, n_boot=1).loc[2, "ndcg"])
+    assert best_config(table) == {"power": float(table.loc[table["ndcg"].idxmax(), "power"])}
+    with pytest.raises(ValueError, match="at least one"):
+        search_strategy(S.ProportionalUncertainty, [], sim, budget=2)
 
 
 def test_simulator_bad_input(tiny):

@@ -176,49 +176,65 @@ def exploration(g):
     # the features are informative but not the truth (not the click model's embeddings)
     assert 0.1 < g["corr_svd"] < 0.6 and 0.1 < g["corr_ials"] < 0.6
     assert 0.05 < g["corr_backbone"] < 0.6
-    # regret: every contextual policy beats every non-contextual one (on every seed), by a
-    # factor; epsilon-greedy beats greedy; Bernoulli TS (either prior) and UCB1 lose to
+    # regret: every contextual policy beats every non-contextual one on average (the linear
+    # ones on every seed); epsilon-greedy beats greedy; Bernoulli TS (either prior) and UCB1 lose to
     # epsilon-greedy; random is worst; the oracle's regret is 0
     r = {k: g[f"regret_{k}"] for k in ("random", "greedy", "eps", "ucb1", "bts", "bts_eb",
                                        "linucb", "lints", "nlts_bb", "nlts", "oracle")}
     contextual = ("linucb", "lints", "nlts_bb", "nlts")
     non = ("greedy", "eps", "ucb1", "bts", "bts_eb")
     assert max(r[k] for k in contextual) < min(r[k] for k in non)
-    assert g["contextual_wins_every_seed"] is True and g["contextual_ratio"] > 1.1
+    assert g["linear_wins_every_seed"] is True and g["contextual_ratio"] > 1
     assert r["eps"] < r["greedy"] and r["eps"] < r["bts"] and r["eps"] < r["bts_eb"]
     assert r["eps"] < r["ucb1"] and g["bts_loses_every_seed"] is True
     assert r["random"] == max(r.values()) and r["oracle"] == 0
     assert g["best_noncontextual"] in ("eps-greedy", "greedy")
     # the backbone against iALS: a paired interval over seeds, and the verdict it implies
     assert g["bb_diff_low"] < g["bb_diff"] < g["bb_diff_high"]
-    assert g["bb_verdict"] == ("higher" if g["bb_diff_low"] > 0 else "lower"
-                               if g["bb_diff_high"] < 0 else "not measurably different")
-    assert g["bb_verdict"] == "higher"  # the backbone's regret is higher here
-    # regret growth: random play is linear; the learners grow more slowly than random
+    assert g["bb_verdict"] == ("measurably higher than" if g["bb_diff_low"] > 0 else
+                               "measurably lower than" if g["bb_diff_high"] < 0 else
+                               "not measurably different from")
+    assert g["bb_diff"] > 0  # the backbone's regret is higher here
+    # regret growth: random play is linear; epsilon-greedy and empirical-Bayes TS grow more
+    # slowly than random play; each growth verdict is the one its slope's interval allows
     assert abs(g["slope_random"] - 1) < 0.05
     assert g["low_random"] < g["slope_random"] < g["high_random"]
-    for k in ("eps", "bts_eb", "linucb", "lints", "nlts_bb", "nlts"):
+    for k in ("eps", "bts_eb"):
         assert g[f"slope_{k}"] < g["slope_random"]
-    # without consumption (a stationary problem) LinUCB's regret grows more slowly than random
-    # play's (its interval below 1 is asserted at full settings, in the chapter)
-    assert g["low_linucb_stat"] < g["slope_linucb_stat"] < g["slope_random"]
-    # contextual CTR close to the oracle's; they show few, popular movies; greedy the fewest
-    assert g["ctr_oracle"] - g["ctr_linucb"] < 0.06
+    for k in ("eps", "bts_eb", "linucb", "linucb_stat"):
+        assert g[f"low_{k}"] < g[f"slope_{k}"] < g[f"high_{k}"]
+        assert g[f"growth_{k}"] == ("sublinear" if g[f"high_{k}"] < 1 else "superlinear"
+                                    if g[f"low_{k}"] > 1 else
+                                    "not measurably different from linear")
+    assert g["consumption_verdict"] == ("measurably" if g["high_linucb_stat"] < g["low_linucb"]
+                                        else "not measurably")
+    # LinUCB's CTR closer to the oracle's than to epsilon-greedy's; contextual policies show
+    # few, popular movies; greedy the fewest
+    assert g["ctr_oracle"] - g["ctr_linucb"] < g["ctr_linucb"] - g["ctr_eps"]
     assert g["coverage_linucb"] < g["coverage_eps"] and g["pop_linucb"] > 2 * g["pop_random"]
     assert g["coverage_greedy"] < g["coverage_linucb"] < 10
     assert g["coverage_ucb1"] == 100
     # off-policy evaluation in the simulator, where the truth is exact: every estimator's bias
-    # interval covers 0 (one that ignored the weights would report V(pi_b), far below), and
-    # IPS is several times as spread as SNIPS and DR, with a small effective sample
+    # is under half the policies' gap (one that ignored the weights would report
+    # V(pi_b), far below); IPS, unbiased by construction, covers 0; IPS is several times as
+    # spread as SNIPS and DR, with a small effective sample
     assert g["ope_sim_vb"] + 0.1 < g["ope_sim_ve"]
+    gap = g["ope_sim_ve"] - g["ope_sim_vb"]
     for est in ("IPS", "SNIPS", "DM", "DR", "on_policy"):
-        assert g[f"ope_sim_{est}_low"] < 0 < g[f"ope_sim_{est}_high"]
-        assert abs(g[f"ope_sim_{est}_bias"]) < 0.05
+        assert g[f"ope_sim_{est}_low"] < g[f"ope_sim_{est}_bias"] < g[f"ope_sim_{est}_high"]
+        assert abs(g[f"ope_sim_{est}_bias"]) < gap / 2
+    assert g["ope_sim_IPS_low"] < 0 < g["ope_sim_IPS_high"]
+    assert g["ope_sim_max_bias_share"] < 0.5
     assert g["ope_sim_IPS_sd"] > 2 * max(g["ope_sim_SNIPS_sd"], g["ope_sim_DR_sd"])
     assert g["ope_sim_ess"] < g["ope_sim_n"] / 5
     # off-policy evaluation on the Open Bandit Dataset (point estimates do not depend on SMOKE)
-    assert g["ope_harmonic_DR_err"] <= g["obp_dr"] == 0.126
-    assert g["ope_harmonic_IPS_err"] <= g["obp_ips"] == 0.084
+    # against the OBP 0.4.0 quickstart notebook (IPW 0.084, DM 0.194, DR 0.106): IPS and DM
+    # lower, DR about equal with the published value inside our interval
+    assert (g["obp_ips"], g["obp_dm"], g["obp_dr"]) == (0.084, 0.194, 0.106)
+    assert g["ope_harmonic_IPS_err"] < g["obp_ips"] and g["ope_harmonic_DM_err"] < g["obp_dm"]
+    assert g["obp_dr_in_interval"] is True
+    assert g["ope_harmonic_DR_low"] < g["obp_dr"] < g["ope_harmonic_DR_high"]
+    assert abs(g["ope_dr_minus_obp"]) < 0.01
     for est in ("IPS", "SNIPS", "DR"):
         # the plain mean of the propensities: several times the harmonic mean's error
         assert g[f"ope_mean_{est}_err"] > 3 * g[f"ope_harmonic_{est}_err"]

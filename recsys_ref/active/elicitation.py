@@ -266,3 +266,29 @@ def summarize_curve(curve: pd.DataFrame, n_boot: int = 200, seed: int = 0) -> pd
                     "ndcg_high": np.quantile(boot_ndcg, 0.975),
                     "seconds": float(g["seconds"].iloc[0])})
     return pd.DataFrame(out).set_index("n_asked")
+
+
+def search_strategy(make, configs, simulator: ElicitationSimulator, budget: int,
+                    k_eval: int | None = None) -> pd.DataFrame:
+    """Run ``make(**config)`` for each configuration on a *validation* simulator (validation
+    users drawn from the training users, never the new users); rank by mean NDCG@k after
+    ``k_eval`` questions (default ``budget``).
+
+    Returns:
+        One row per configuration with its values, ``ndcg`` and ``rmse``; it works with
+        :func:`recsys_ref.tuning.best_config` (highest ``ndcg`` wins).
+        See the chapter "Active selection".
+    """
+    configs = [dict(c) for c in configs]
+    if not configs:
+        raise ValueError("search_strategy needs at least one configuration")
+    k_eval = budget if k_eval is None else k_eval
+    rows = []
+    for config in configs:
+        s = summarize_curve(simulator.run(make(**config), budget), n_boot=1).loc[k_eval]
+        if not np.isfinite(s["ndcg"]):
+            raise ValueError(f"validation NDCG is {s['ndcg']} with {config}")
+        rows.append(config | {"ndcg": float(s["ndcg"]), "rmse": float(s["rmse"])})
+    table = pd.DataFrame(rows)
+    table.attrs.update(configs=configs, metric="ndcg", higher_is_better=True)
+    return table

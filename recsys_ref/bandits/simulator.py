@@ -159,15 +159,15 @@ class BanditSimulator:
                 raise ValueError(f"user_features must be (n_users={self.n_users}, d), got "
                                  f"shape {tuple(user_features.shape)}")
         self.user_features = user_features
-        start = torch.zeros(self.n_users, self.n_items, dtype=torch.bool)
-        if initially_consumed is not None:
-            if (initially_consumed.shape != start.shape
+        if initially_consumed is not None:  # None: nothing consumed (no dense mask kept)
+            shape = (self.n_users, self.n_items)
+            if (tuple(initially_consumed.shape) != shape
                     or initially_consumed.dtype != torch.bool):
                 raise ValueError(f"initially_consumed must be a bool tensor of shape "
-                                 f"{tuple(start.shape)}, got {initially_consumed.dtype} "
+                                 f"{shape}, got {initially_consumed.dtype} "
                                  f"{tuple(initially_consumed.shape)}")
-            start = initially_consumed.clone()
-        self.initially_consumed = start
+            initially_consumed = initially_consumed.clone()
+        self.initially_consumed = initially_consumed
         self._p_rows, self._orders = {}, {}  # per-user Python lists, built on first arrival
 
     def _draws(self, n_rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +177,9 @@ class BanditSimulator:
         if self.exclude_consumed and self.consume_on == "show":
             # every shown item is consumed: check up front that no user runs out
             need = torch.bincount(users, minlength=self.n_users) * self.slate_size
-            room = (~self.initially_consumed).sum(1)
+            room = torch.full((self.n_users,), self.n_items)  # (n_users,) unconsumed items
+            if self.initially_consumed is not None:
+                room = room - self.initially_consumed.sum(1)
             if bool((need > room).any()):
                 u = int((need - room).argmax())
                 raise ValueError(f"n_rounds={n_rounds} is too large: user {u} arrives "
@@ -203,7 +205,7 @@ class BanditSimulator:
         # Per-round work is plain Python on small lists (a torch call costs microseconds):
         # each user's probabilities and items sorted by probability are materialised on first
         # arrival, consumed items are a set per user, and the policy sees a bool row view.
-        available = ~self.initially_consumed  # (n_users, n_items), True = may be shown
+        available = {}  # user -> (n_items,) bool row, True = may be shown; on first arrival
         everything = torch.ones(n_items, dtype=torch.bool)
         consumed = [set() for _ in range(self.n_users)]
         first = {}  # user -> round of first arrival
@@ -220,6 +222,9 @@ class BanditSimulator:
                 orders[u] = torch.argsort(self.click_prob[u], descending=True, stable=True
                                           ).tolist()
             if t == first[u]:  # first arrival in this run
+                available[u] = (torch.ones(n_items, dtype=torch.bool)
+                                if self.initially_consumed is None
+                                else ~self.initially_consumed[u])
                 consumed[u] = set(torch.nonzero(~available[u])[:, 0].tolist())
             if self.exclude_consumed and len(consumed[u]) > n_items - k:
                 raise ValueError(f"n_rounds={n_rounds} is too large: user {u} has fewer than "
