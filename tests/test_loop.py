@@ -28,6 +28,7 @@ from recsys_ref.loop import (
     positives,
     run_loop,
     window_values,
+    world_factors,
 )
 from recsys_ref.off_policy import doubly_robust, ips, snips
 
@@ -324,3 +325,20 @@ def test_retrainer_learns_from_logged_labels():
     assert z[5] > 0 > z[6] and z[7] == 0 and float(z[0]) == 0
     with pytest.raises(TypeError, match="LoopModel"):
         Retrainer(lambda: object()).train(hist, log, 2)
+
+
+def test_world_factors_picks_the_rank_with_the_lowest_held_out_rmse(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECSYS_REF_DATA", str(tmp_path))  # a fresh model cache
+    g = torch.Generator().manual_seed(0)
+    n_users, n_items = 120, 80
+    # ratings of a rank-2 world plus noise: 8 factors overfit less than 16 with ten ALS sweeps
+    u, i = torch.randn(n_users, 2, generator=g), torch.randn(n_items, 2, generator=g)
+    pairs = torch.randperm(n_users * n_items, generator=g)[:3000]
+    users, items = pairs // n_items, pairs % n_items
+    stars = (3 + (u[users] * i[items]).sum(1) + 0.3 * torch.randn(len(pairs), generator=g))
+    ratings = pd.DataFrame({"user_idx": users.numpy(), "item_idx": items.numpy(),
+                            "rating": stars.clamp(1, 5).numpy().astype("float64")})
+    k, table = world_factors(ratings, n_users, n_items, smoke=True, seed=0)
+    assert list(table["n_factors"]) == [8, 16]
+    assert k == int(table.loc[table["RMSE"].idxmin(), "n_factors"])
+    assert table["RMSE"].notna().all() and (table["RMSE"] < 1.5).all()

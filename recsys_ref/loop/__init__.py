@@ -23,12 +23,12 @@ from recsys_ref.loop.policies import (
 )
 from recsys_ref.loop.retrainer import Retrainer, positives
 from recsys_ref.loop.runner import LoopResult, LoopSystem, feedback_since, run_loop, window_values
-from recsys_ref.loop.world import World, WorldConfig, truth_from_ratings
+from recsys_ref.loop.world import World, WorldConfig, truth_from_ratings, world_factors
 
 __all__ = [
     "POLICIES", "EmbeddingConfig", "EmbeddingModel", "EpsilonGreedy", "Greedy", "Logger",
     "LoopModel", "LoopResult", "LoopSystem", "OPEGate", "PopularityModel", "Retrainer",
     "SlatePolicy", "Softmax", "Thompson", "World", "WorldConfig", "exposure_by_day",
     "feedback_since", "gini", "mean_jaccard", "positives", "run_loop", "truth_from_ratings",
-    "window_values",
+    "window_values", "world_factors",
 ]

@@ -2,7 +2,8 @@ r"""The world of the unified loop: who visits on which day, and the clicks they 
 
 The world owns the ground truth, a ``(n_users, n_items)`` matrix of click probabilities
 :math:`p(u, i)` the system never sees (:func:`truth_from_ratings` builds the exploration
-chapter's: a biased MF on every rating, Platt-scaled to "rated 4 stars or more"). Time runs
+chapter's: a biased MF on every rating, Platt-scaled to "rated 4 stars or more", with the
+number of factors :func:`world_factors` chooses by held-out RMSE). Time runs
 in days. A share of the users is held out as *new*: each arrives on a day of the horizon with
 no history and visits on ``new_user_visits`` consecutive days, then joins the pool of
 existing users, of whom ``visits_per_day`` visit each day. A visit shows a slate of ``k``
@@ -25,7 +26,9 @@ import torch
 
 from recsys_ref.bandits.simulator import check_probabilities, click_probabilities_from_scores
 from recsys_ref.checks import check_config, check_k
+from recsys_ref.evaluation import evaluate_ratings
 from recsys_ref.models.mf import BiasedMF
+from recsys_ref.tuning import best_config, grid, search
 
 
 @dataclass
@@ -48,6 +51,27 @@ class WorldConfig:
         if self.new_user_visits > self.n_days:
             raise ValueError(f"new_user_visits ({self.new_user_visits}) must be <= n_days "
                              f"({self.n_days})")
+
+
+def world_factors(ratings: pd.DataFrame, n_users: int, n_items: int, *, smoke: bool = False,
+                  seed: int = 0) -> tuple[int, pd.DataFrame]:
+    """The click model's number of factors, which defines the simulated world: of BiasedMF
+    (ALS, ten sweeps) with 4, 8, 16 or 32 factors (8 or 16 under ``smoke``), the one with
+    the lowest RMSE on a seeded random tenth of ``ratings`` held out from its fit.
+
+    The fits go through :func:`recsys_ref.model_cache.cached_fit`, so the exploration chapter
+    and the unified loop, which both call this, fit each model once.
+
+    Returns:
+        ``(n_factors, table)``: the choice and the search table (``n_factors``, ``RMSE``).
+    """
+    held = ratings.sample(frac=0.1, random_state=seed)
+    table = search(lambda n_factors: BiasedMF(n_users, n_items, n_factors=n_factors,
+                                              solver="als", n_epochs=10, seed=seed),
+                   grid(n_factors=(8, 16) if smoke else (4, 8, 16, 32)),
+                   ratings.drop(held.index), lambda m: evaluate_ratings(m, held),
+                   metric="RMSE", higher_is_better=False)
+    return int(best_config(table)["n_factors"]), table
 
 
 def truth_from_ratings(ratings: pd.DataFrame, n_users: int, n_items: int, n_factors: int = 16,
