@@ -42,15 +42,18 @@ class Task:
     """What the data-parallel loop needs of a model (subclasses:
     :class:`recsys_ref.distributed_bpr.BPRTask`,
     :class:`recsys_ref.distributed_models.NCFTask`,
-    :class:`recsys_ref.distributed_models.SASRecTask`).
+    :class:`recsys_ref.distributed_models.SASRecTask`,
+    :class:`recsys_ref.distributed_two_tower.TwoTowerTask`).
 
     ``build(generator)`` returns the *objective*, an ``nn.Module`` holding the parameters
     whose ``forward(*shard)`` returns the summed loss of a shard of a batch;
     ``optimizer(objective)`` its optimizer; ``batches(generator)`` one epoch of global batches
     ``(users, tensors, normaliser, n_terms)``: ``users`` ``(b,)`` shards the rows of every
     tensor in ``tensors``, the batch's loss is the sum over its rows divided by
-    ``normaliser``, and ``n_terms`` counts its loss terms (for the reported mean loss);
-    ``result(state, history)`` the fitted model. Attributes ``n_epochs`` and ``seed``.
+    ``normaliser``, and ``n_terms`` counts its loss terms (for the reported mean loss); a
+    fifth element, if present, is a tuple of *shared* tensors that every process receives
+    whole, after its shard (e.g. the whole batch's items, the negatives of an in-batch
+    softmax); ``result(state, history)`` the fitted model. Attributes ``n_epochs`` and ``seed``.
     """
 
     n_epochs: int
@@ -96,10 +99,10 @@ def train_shard(task: Task, rank: int = 0, world_size: int = 1):
         objective.train()
         start = time.perf_counter()
         total, n_total = torch.zeros(1, dtype=torch.float64), 0  # summed loss, loss terms
-        for users, tensors, normaliser, n_terms in task.batches(gen):
+        for users, tensors, normaliser, n_terms, *shared in task.batches(gen):
             mine = users % world_size == rank  # this process's users (maybe none)
             # always through net: DDP's forward prepares the all-reduce of the backward pass
-            loss = net(*(t[mine] for t in tensors))
+            loss = net(*(t[mine] for t in tensors), *(shared[0] if shared else ()))
             # x world_size / normaliser: DDP averages the gradients over the processes,
             # we want the gradient of the global batch's loss
             total += gradient_step(opt, loss * (world_size / normaliser)) * (
