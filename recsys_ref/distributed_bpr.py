@@ -41,8 +41,9 @@ class _BPRObjective(nn.Module):
 
 
 class BPRTask(PairsTask):
-    """:class:`~recsys_ref.models.bpr.BPR`'s training loop as a :class:`Task`: minibatches of
-    the shuffled distinct pairs, ``n_negatives`` negatives each drawn by
+    """:class:`~recsys_ref.models.bpr.BPR`'s training loop as a
+    :class:`recsys_ref.distributed.Task`: minibatches of the shuffled distinct pairs,
+    ``n_negatives`` negatives each drawn by
     :func:`recsys_ref.models.bpr.sample_negatives` from the sparse seen-item set, the summed
     BPR loss, and ``cfg.optimizer`` (Adam, Adagrad or plain SGD, as in ``BPR.fit``)."""
 
@@ -78,7 +79,7 @@ def bpr_task(train: pd.DataFrame, n_users: int, n_items: int,
              config: BPRConfig | None = None, valid: pd.DataFrame | None = None,
              **overrides) -> BPRTask:
     """The :class:`BPRTask` of :func:`fit_bpr_distributed` (same arguments), for
-    :func:`fit_distributed`."""
+    :func:`recsys_ref.distributed.fit_distributed`."""
     cfg = replace(config or BPRConfig(), **overrides)
     users, items = distinct_pairs(train, n_users, n_items)
     return BPRTask(users, items, n_users, n_items, cfg, valid)
