@@ -1,5 +1,6 @@
-"""Data-parallel training with ``torch.distributed``: DistributedDataParallel on the gloo
-backend (CPU), users sharded across processes. BPR here; NCF and SASRec in
+"""Data-parallel training with ``torch.distributed``: the loop every model shares.
+DistributedDataParallel on the gloo backend (CPU), users sharded across processes. BPR's task
+is in :mod:`recsys_ref.distributed_bpr`, NCF's and SASRec's in
 :mod:`recsys_ref.distributed_models`.
 
 Every process holds the whole model. For each *global* minibatch (the same on every process:
@@ -13,18 +14,16 @@ batch, up to the order of floating-point additions. Negatives are drawn for the 
 from a sparse per-user item set (:class:`recsys_ref.matrix.UserItems`), never from a dense
 ``(n_users, n_items)`` mask.
 
-Launch with :func:`fit_bpr_distributed` (``torch.multiprocessing.spawn``) or with ``torchrun``
-(``python -m torch.distributed.run --nproc-per-node 2 -m recsys_ref.distributed PAIRS OUT``).
-See the appendix "Your own data, at scale".
+Launch with :func:`fit_distributed` (``torch.multiprocessing.spawn``) or with ``torchrun``
+(``python -m torch.distributed.run --nproc-per-node 2 -m recsys_ref.distributed_bpr PAIRS
+OUT``). See the appendix "Your own data, at scale".
 """
 
 from __future__ import annotations
 
-import argparse
 import socket
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -36,58 +35,25 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recsys_ref.checks import check_interactions, check_positive_int
 from recsys_ref.matrix import UserItems, column
-from recsys_ref.models.bpr import BPR, BPRConfig, bpr_loss
-from recsys_ref.models.mf import Factors
-from recsys_ref.training import gradient_step, minibatches, seed_everything
-
-
-def sample_negatives_sparse(users: torch.Tensor, n_items: int, n_negatives: int,
-                            seen: UserItems, generator: torch.Generator) -> torch.Tensor:
-    """``(n, n_negatives)`` items drawn uniformly among those each user has not seen.
-
-    The same rejection scheme and random stream as
-    :func:`recsys_ref.models.bpr.sample_negatives` (draw for everyone, redraw the
-    collisions), with membership looked up in the sparse ``seen``; only the redrawn entries
-    are looked up again. A user who has seen every item has no negative: ``ValueError``.
-    """
-    neg = torch.randint(n_items, (len(users), n_negatives), generator=generator)
-    bad = _contains(seen, users[:, None].expand_as(neg), neg)  # (n, n_negatives)
-    while bad.any():
-        where = bad.nonzero(as_tuple=True)
-        if (seen.counts()[users[where[0]]] >= n_items).any():
-            raise ValueError("seen leaves some user no item to sample")
-        redraw = torch.randint(n_items, (len(where[0]),), generator=generator)
-        neg[where] = redraw
-        bad[where] = _contains(seen, users[where[0]], redraw)
-    return neg
-
-
-def _contains(seen: UserItems, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """``seen.contains`` with the queries sorted first: neighbouring binary searches then walk
-    the same cache lines of the ``(nnz,)`` keys (3-4x faster at 10 million pairs)."""
-    keys = seen.keys()
-    q = (users * seen.n_items + items).reshape(-1)  # (m,) the queried pairs' keys
-    if len(keys) == 0 or len(q) == 0:
-        return torch.zeros(items.shape, dtype=torch.bool)
-    q_sorted, order = torch.sort(q)
-    pos = torch.searchsorted(keys, q_sorted).clamp(max=len(keys) - 1)
-    found = torch.empty(len(q), dtype=torch.bool)
-    found[order] = keys[pos] == q_sorted
-    return found.reshape(items.shape)
+from recsys_ref.training import gradient_step, seed_everything
 
 
 class Task:
     """What the data-parallel loop needs of a model (subclasses:
-    :class:`BPRTask`, :class:`recsys_ref.distributed_models.NCFTask`,
-    :class:`recsys_ref.distributed_models.SASRecTask`).
+    :class:`recsys_ref.distributed_bpr.BPRTask`,
+    :class:`recsys_ref.distributed_models.NCFTask`,
+    :class:`recsys_ref.distributed_models.SASRecTask`,
+    :class:`recsys_ref.distributed_two_tower.TwoTowerTask`).
 
     ``build(generator)`` returns the *objective*, an ``nn.Module`` holding the parameters
     whose ``forward(*shard)`` returns the summed loss of a shard of a batch;
     ``optimizer(objective)`` its optimizer; ``batches(generator)`` one epoch of global batches
     ``(users, tensors, normaliser, n_terms)``: ``users`` ``(b,)`` shards the rows of every
     tensor in ``tensors``, the batch's loss is the sum over its rows divided by
-    ``normaliser``, and ``n_terms`` counts its loss terms (for the reported mean loss);
-    ``result(state, history)`` the fitted model. Attributes ``n_epochs`` and ``seed``.
+    ``normaliser``, and ``n_terms`` counts its loss terms (for the reported mean loss); a
+    fifth element, if present, is a tuple of *shared* tensors that every process receives
+    whole, after its shard (e.g. the whole batch's items, the negatives of an in-batch
+    softmax); ``result(state, history)`` the fitted model. Attributes ``n_epochs`` and ``seed``.
     """
 
     n_epochs: int
@@ -133,10 +99,10 @@ def train_shard(task: Task, rank: int = 0, world_size: int = 1):
         objective.train()
         start = time.perf_counter()
         total, n_total = torch.zeros(1, dtype=torch.float64), 0  # summed loss, loss terms
-        for users, tensors, normaliser, n_terms in task.batches(gen):
+        for users, tensors, normaliser, n_terms, *shared in task.batches(gen):
             mine = users % world_size == rank  # this process's users (maybe none)
             # always through net: DDP's forward prepares the all-reduce of the backward pass
-            loss = net(*(t[mine] for t in tensors))
+            loss = net(*(t[mine] for t in tensors), *(shared[0] if shared else ()))
             # x world_size / normaliser: DDP averages the gradients over the processes,
             # we want the gradient of the global batch's loss
             total += gradient_step(opt, loss * (world_size / normaliser)) * (
@@ -194,19 +160,6 @@ def fit_distributed(task: Task | list[Task], world_size: int = 2):
     return models if isinstance(task, list | tuple) else models[0]
 
 
-class _BPRObjective(nn.Module):
-    """The BPR loss as a module: DDP synchronises gradients of what its ``forward`` computes."""
-
-    def __init__(self, factors: Factors, reg: float):
-        super().__init__()
-        self.factors, self.reg = factors, reg
-
-    def forward(self, users, pos, neg):
-        if len(users) == 0:
-            return zero_loss(self)
-        return bpr_loss(self.factors, users, pos, neg, self.reg)
-
-
 def distinct_pairs(train: pd.DataFrame, n_users: int, n_items: int):
     """Distinct training pairs sorted by (user, item), as
     :class:`recsys_ref.models.bpr.BPR` orders them."""
@@ -235,103 +188,3 @@ class PairsTask(Task):
         train = pd.DataFrame({"user_idx": self.users.numpy(), "item_idx": self.items.numpy()})
         model = self.result(objective.state_dict(), [])
         return evaluate_ranking(model, self.valid, train)[self.cfg.metric]
-
-
-class BPRTask(PairsTask):
-    """:class:`~recsys_ref.models.bpr.BPR`'s training loop as a :class:`Task`: minibatches of
-    the shuffled distinct pairs, ``n_negatives`` sparse negatives each, the summed BPR loss,
-    Adam."""
-
-    def build(self, generator):
-        cfg = self.cfg
-        factors = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
-                          item_bias=cfg.item_bias, init_std=cfg.init_std, generator=generator)
-        return _BPRObjective(factors, cfg.reg)
-
-    def optimizer(self, objective):
-        return torch.optim.Adam(objective.parameters(), lr=self.cfg.lr)
-
-    def batches(self, generator):
-        k = self.cfg.n_negatives
-        for u, i in minibatches(self.users, self.items, batch_size=self.cfg.batch_size,
-                                generator=generator):
-            j = sample_negatives_sparse(u, self.n_items, k, self.seen, generator)  # (b, k)
-            yield u, (u, i, j), 1.0, len(u) * k  # the BPR loss is a sum over triples
-
-    def result(self, state, history):
-        cfg = self.cfg
-        model = BPR(self.n_users, self.n_items, cfg)
-        model.factors_ = Factors(self.n_users, self.n_items, cfg.n_factors, user_bias=False,
-                                 item_bias=cfg.item_bias)
-        model.factors_.load_state_dict({k.removeprefix("factors."): v
-                                        for k, v in state.items()})
-        model.factors_.requires_grad_(False)
-        model.history_, model.best_epoch_ = pd.DataFrame(history), cfg.n_epochs
-        return model
-
-
-def bpr_task(train: pd.DataFrame, n_users: int, n_items: int,
-             config: BPRConfig | None = None, valid: pd.DataFrame | None = None,
-             **overrides) -> BPRTask:
-    """The :class:`BPRTask` of :func:`fit_bpr_distributed` (same arguments), for
-    :func:`fit_distributed`."""
-    cfg = replace(config or BPRConfig(), **overrides)
-    users, items = distinct_pairs(train, n_users, n_items)
-    return BPRTask(users, items, n_users, n_items, cfg, valid)
-
-
-def fit_bpr_distributed(train: pd.DataFrame, n_users: int, n_items: int,
-                        world_size: int = 2, config: BPRConfig | None = None,
-                        valid: pd.DataFrame | None = None, **overrides) -> BPR:
-    """Fit :class:`~recsys_ref.models.bpr.BPR` data-parallel on ``world_size`` processes.
-
-    ``config.batch_size`` is the *global* batch (each process computes about
-    ``batch_size / world_size`` of it). Every epoch runs (no early stopping: validation
-    would have to be sharded too). With ``world_size=1`` the loop runs in this process,
-    without a process group: the reference the distributed result is compared with.
-
-    Args:
-        train: ``user_idx, item_idx`` training pairs (distinct).
-        n_users, n_items: sizes.
-        world_size: number of processes (gloo on CPU, one thread each).
-        config: a :class:`~recsys_ref.models.bpr.BPRConfig`; keyword arguments override it.
-        valid: optional validation interactions: ``config.metric`` on them (full ranking,
-            training pairs excluded) is recorded after every epoch, to choose the number of
-            epochs (no early stopping).
-
-    Returns:
-        A fitted :class:`~recsys_ref.models.bpr.BPR` (``history_`` has each epoch's loss,
-        seconds and, with ``valid``, validation metric on process 0).
-    """
-    return fit_distributed(bpr_task(train, n_users, n_items, config, valid, **overrides),
-                           world_size)
-
-
-def main(argv=None) -> None:
-    """``torchrun`` entry point: ``PAIRS`` is a ``torch.save``d dict with ``users, items``
-    tensors (distinct pairs sorted by user, item) and ``n_users, n_items``; process 0 saves
-    the parameters and the history to ``OUT``. Options set
-    :class:`~recsys_ref.models.bpr.BPRConfig` fields."""
-    parser = argparse.ArgumentParser(prog="python -m recsys_ref.distributed")
-    parser.add_argument("pairs")
-    parser.add_argument("out")
-    for name in ("n_factors", "n_epochs", "batch_size", "n_negatives", "seed"):
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int)
-    for name in ("lr", "reg"):
-        parser.add_argument(f"--{name}", type=float)
-    args = vars(parser.parse_args(argv))
-    pairs, out = torch.load(args.pop("pairs")), args.pop("out")
-    cfg = replace(BPRConfig(), **{k: v for k, v in args.items() if v is not None})
-    task = BPRTask(pairs["users"], pairs["items"], pairs["n_users"], pairs["n_items"], cfg)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT
-    try:
-        state, history = train_shard(task, dist.get_rank(), dist.get_world_size())
-        if dist.get_rank() == 0:
-            torch.save({"state": state, "history": history}, out)  # one task: a dict
-    finally:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

@@ -23,14 +23,8 @@ import torch
 from torch import nn
 
 from recsys_ref.checks import check_frame, check_interactions
-from recsys_ref.distributed import (
-    PairsTask,
-    Task,
-    distinct_pairs,
-    fit_distributed,
-    sample_negatives_sparse,
-    zero_loss,
-)
+from recsys_ref.distributed import PairsTask, Task, distinct_pairs, fit_distributed, zero_loss
+from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.models.ncf import NCF, NCFConfig, NCFNet, ncf_loss
 from recsys_ref.models.sasrec import SASRec, SASRecConfig, next_item_loss
 from recsys_ref.sequences import (
@@ -84,7 +78,7 @@ class NCFTask(PairsTask):
     def batches(self, generator):
         cfg, k = self.cfg, self.cfg.n_negatives
         # the examples of recsys_ref.models.ncf.training_examples: positives, then negatives
-        neg = sample_negatives_sparse(self.users, self.n_items, k, self.seen, generator)
+        neg = sample_negatives(self.users, self.n_items, k, self.seen, generator)
         u = torch.cat([self.users, self.users.repeat_interleave(k)])
         i = torch.cat([self.items, neg.reshape(-1)])
         y = torch.cat([torch.ones(len(self.users)), torch.zeros(neg.numel())])

@@ -507,11 +507,17 @@ def own_data(g):
     assert g["ddp_gap"] < 0.002
     assert g["ddp_param_gap_bpr"] < 1e-3 and g["ddp_param_gap_sasrec"] < 1e-3
     assert g["ddp_wall_speedup"] > 0
-    for key in ("bpr", "ncf", "sasrec"):
+    for key in ("bpr", "ncf", "twotower", "sasrec"):
         assert g[f"ddp_speedup_{key}"] > 0
         assert g[f"ddp_ndcg1_{key}"] > 0  # trained and evaluated (not a constant scorer)
-    # BPR's epochs and step size come from the validated grid
+    # the two-tower gap is the item tower's output bias alone (no loss sees it)
+    assert g["ddp_tt_gap_rest"] < 1e-3
+    # BPR's optimiser, step size and epochs come from the validated search; the evaluation
+    # batch size from the timed ones
     assert 1 <= g["bpr_epochs"] <= g["bpr_max_epochs"]
+    assert g["bpr_optimizer"] in ("adam", "adagrad", "sgd")
+    assert g["bpr_valid_best"] >= g["bpr_valid_adam"] > 0
+    assert g["eval_batch"] in (32, 128, 512) and g["eval_batch_slowdown"] >= 1
 
 def test_every_chapter_has_claims():
     assert set(chapters_in_toc()) == set(CLAIMS), "a chapter without asserted claims"

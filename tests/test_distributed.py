@@ -9,13 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from recsys_ref.distributed import (
-    bpr_task,
-    distinct_pairs,
-    fit_bpr_distributed,
-    fit_distributed,
-    sample_negatives_sparse,
-)
+from recsys_ref.distributed import distinct_pairs, fit_distributed
+from recsys_ref.distributed_bpr import bpr_task, fit_bpr_distributed
 from recsys_ref.distributed_models import fit_sasrec_distributed, ncf_task, sasrec_task
 from recsys_ref.evaluation import evaluate_ranking
 from recsys_ref.matrix import UserItems, interaction_mask
@@ -46,13 +41,13 @@ def test_sparse_negatives_draw_what_the_dense_sampler_draws(log):
     seen = UserItems(log, 300, 200)
     dense = interaction_mask(log, 300, 200)
     users = torch.tensor(log["user_idx"].to_numpy()[:2000])
-    a = sample_negatives_sparse(users, 200, 4, seen, torch.Generator().manual_seed(3))
+    a = sample_negatives(users, 200, 4, seen, torch.Generator().manual_seed(3))
     b = sample_negatives(users, 200, 4, dense, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     assert not dense[users[:, None], a].any()
     full = UserItems(pd.DataFrame({"user_idx": [0], "item_idx": [0]}), 300, 1)  # user 0: all
     with pytest.raises(ValueError, match="no item"):
-        sample_negatives_sparse(torch.tensor([0]), 1, 1, full, torch.Generator())
+        sample_negatives(torch.tensor([0]), 1, 1, full, torch.Generator())
 
 
 BPR_KW = dict(n_factors=8, n_epochs=3, batch_size=256, lr=0.01, seed=4)
@@ -99,7 +94,7 @@ def test_torchrun_entry_point_equals_one_process(log, tmp_path):
                tmp_path / "pairs.pt")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-         "-m", "recsys_ref.distributed", str(tmp_path / "pairs.pt"), str(tmp_path / "out.pt"),
+         "-m", "recsys_ref.distributed_bpr", str(tmp_path / "pairs.pt"), str(tmp_path / "out.pt"),
          "--n-factors", "8", "--n-epochs", "2", "--batch-size", "256", "--lr", "0.01",
          "--seed", "4"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

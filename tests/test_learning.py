@@ -141,14 +141,14 @@ def test_bpr_learns_planted_groups(optimizer, lr):
 
 
 class DistributedBPR:
-    """:func:`recsys_ref.distributed.fit_bpr_distributed` on one process (its training loop,
+    """:func:`recsys_ref.distributed_bpr.fit_bpr_distributed` on one process (its training loop,
     run in this process) behind a ``fit``, for :func:`assert_ranks_the_groups`."""
 
     def __init__(self, **config):
         self.config = config
 
     def fit(self, train):
-        from recsys_ref.distributed import fit_bpr_distributed
+        from recsys_ref.distributed_bpr import fit_bpr_distributed
 
         self.model = fit_bpr_distributed(train, N_USERS, N_ITEMS, world_size=1, **self.config)
         self.history_ = self.model.history_.to_dict("records")  # a frame: one row per epoch
