@@ -266,7 +266,7 @@ def deep_recommenders(g):
     assert g["pop_q1"] > g["pop_q4"] and g["ials_q1"] > g["ials_q4"]
     assert g["q1_diff_low"] <= g["q1_diff"] <= g["q1_diff_high"]
     # every network's settings come from a validation search whose winner is printed
-    assert g["n_configs"] == 2 and g["n_autorec"] == 2
+    assert g["n_configs"] == 2 and g["n_autorec"] == 3  # AutoRec: 2 lambdas, then the larger k
     assert "n_factors=" in g["gmf_setting"] and "layers=" in g["mlp_setting"]
     assert "temperature=" in g["tt_setting"] and "temperature=" in g["ttid_setting"]
     # explicit: BiasedMF reproduces the previous chapter's u1 figure (ALS is deterministic);
