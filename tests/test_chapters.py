@@ -499,6 +499,10 @@ def own_data(g):
     # chapter's cell: one epoch at SMOKE size is not enough); evaluation memory is far below
     # a dense score matrix
     assert g["ndcg_ials"] > g["ndcg_pop"]
+    for key in ("ials", "bpr"):  # each verdict is the one its paired interval implies
+        low, high = g[f"ci_low_{key}"], g[f"ci_high_{key}"]
+        assert g[f"{key}_verdict"] == ("beats" if low > 0 else "loses to" if high < 0
+                                       else "does not measurably beat")
     assert g["full_eval_gb"] < g["dense_scores_gb"]  # (growth over memory already held)
     assert g["full_eval_users"] > 0.9 * g["syn_users"]
     # (the slope and the 2 GB bound at full size are asserted in the chapter's cell)
