@@ -26,15 +26,18 @@ from jupyter_cache.executors.utils import single_nb_execution
 from myst_nb.core.read import read_myst_markdown_notebook
 from myst_parser.config.main import MdParserConfig
 
-# Seconds each chapter is expected to take at full settings with an empty model cache on the
-# book's 2-core machine (one thread per kernel); only the order of execution depends on them.
-# The pretraining chapter runs the encoder search that the few-shot and exploration chapters
-# read back, so it comes first (a chapter that reached the search while another one ran it
-# would wait on the cache lock); the own-data appendix shares no fits with any chapter.
-EXPECTED_SECONDS = {"pretraining": 340, "own_data": 300, "deep_recommenders": 300,
-                    "few_shot": 250, "matrix_factorization": 180, "exploration": 150,
-                    "collaborative_filtering": 106, "active_selection": 82,
-                    "unified_loop": 70, "item_item_top_n": 11, "introduction": 5}
+# Seconds each chapter took at full settings in the last full `make book` with empty execution
+# and model caches on the book's 2-core machine (one thread per kernel); only the order of
+# execution depends on them.
+EXPECTED_SECONDS = {"deep_recommenders": 463, "own_data": 385, "pretraining": 375,
+                    "few_shot": 274, "exploration": 120, "collaborative_filtering": 96,
+                    "unified_loop": 84, "active_selection": 73, "matrix_factorization": 33,
+                    "item_item_top_n": 9, "introduction": 5}
+# Started before the others: the pretraining chapter runs the encoder search that the few-shot
+# and exploration chapters read back (a chapter that reached the search while another one ran
+# it would wait on the cache lock, leaving a core idle), next to the own-data appendix, which
+# shares no fits with any chapter (the deep chapter would wait for pretraining's iALS search).
+FIRST = ("pretraining", "own_data")
 
 
 def chapters(root: Path) -> list[Path]:
@@ -92,12 +95,13 @@ def main(argv=None) -> int:
     root = Path(args.root).resolve()
     config = settings(root)
     cache = get_cache(config["cache"])  # created here, once, before the workers open it
-    # longest first (by the last recorded run time, else by EXPECTED_SECONDS), so that the
-    # lanes end together; a chapter that reuses an earlier one's fits (recsys_ref.model_cache)
-    # and starts first fits them itself, and the other then waits for them on the cache lock
+    # FIRST, then longest first (by the last recorded run time, else by EXPECTED_SECONDS), so
+    # that the lanes end together; a chapter that reuses an earlier one's fits
+    # (recsys_ref.model_cache) and starts first fits them itself, and the other then waits for
+    # them on the cache lock
     last = {r.uri: r.data.get("execution_seconds", 0) for r in cache.list_cache_records()}
-    todo = sorted(chapters(root), key=lambda p: -(last.get(str(p))
-                                                 or EXPECTED_SECONDS.get(p.stem, 0)))
+    todo = sorted(chapters(root), key=lambda p: (p.stem not in FIRST, -(
+        last.get(str(p)) or EXPECTED_SECONDS.get(p.stem, 0))))
     t0, failed = time.perf_counter(), []
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(execute_one, str(p), config) for p in todo]
