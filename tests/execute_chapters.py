@@ -36,7 +36,8 @@ EXPECTED_SECONDS = {"deep_recommenders": 463, "own_data": 385, "pretraining": 37
 # Started before the others: the pretraining chapter runs the encoder search that the few-shot
 # and exploration chapters read back (a chapter that reached the search while another one ran
 # it would wait on the cache lock, leaving a core idle), next to the own-data appendix, which
-# shares no fits with any chapter (the deep chapter would wait for pretraining's iALS search).
+# shares with the others only the matrix factorization chapter's iALS search: it runs that
+# search in its first minute, long before the pretraining chapter reads it back.
 FIRST = ("pretraining", "own_data")
 
 
