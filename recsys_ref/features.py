@@ -18,6 +18,7 @@ See the chapter "Deep recommenders".
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,17 @@ class Features:
 
     def __len__(self) -> int:
         return len(self.dense)
+
+    def digest(self) -> str:
+        """sha256 of the table's contents (names, codes, cardinalities, dense values): what
+        :func:`recsys_ref.model_cache.model_key` keys a model built with these features by."""
+        h = hashlib.sha256(repr((sorted(self.cardinality.items()), self.dense_names,
+                                 tuple(self.dense.shape))).encode())
+        for name in sorted(self.categorical):
+            h.update(name.encode())
+            h.update(self.categorical[name].contiguous().numpy().tobytes())
+        h.update(self.dense.contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def take(self, idx: torch.Tensor) -> Features:
         """The rows ``idx`` (``(m,)`` long) as a new :class:`Features`."""

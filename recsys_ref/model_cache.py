@@ -39,6 +39,7 @@ from recsys_ref.data.cache import (
     remove_checked,
     write_checked,
 )
+from recsys_ref.features import Features
 
 _COLUMNS = ("user_idx", "item_idx", "rating", "timestamp")  # what a fit can read
 _SIMPLE = (bool, int, float, str, type(None))
@@ -69,10 +70,12 @@ def _settings(model) -> dict:
             continue
         if isinstance(value, tuple | list) and all(isinstance(v, _SIMPLE) for v in value):
             value = list(value)
+        elif isinstance(value, Features):  # a feature table, keyed by its contents
+            value = {"features": value.digest()}
         elif not isinstance(value, _SIMPLE):
             raise TypeError(f"cannot cache {type(model).__name__}: its setting {name!r} is a "
-                            f"{type(value).__name__} (only numbers, strings and their tuples "
-                            f"can be keyed; fitted models cannot be cached again)")
+                            f"{type(value).__name__} (only numbers, strings, their tuples and "
+                            f"feature tables can be keyed; fitted models cannot be cached again)")
         out[name] = value
     return out
 
@@ -83,8 +86,9 @@ def model_key(model, *frames: pd.DataFrame | None) -> str:
     version and :func:`library_hash`.
 
     Raises:
-        TypeError: a setting of ``model`` is not a number, string or tuple of them (e.g. a
-            feature table, another model), or ``model`` is already fitted.
+        TypeError: a setting of ``model`` is not a number, string, tuple of them or
+            :class:`recsys_ref.features.Features` table (e.g. another model), or ``model`` is
+            already fitted.
     """
     cls = type(model)
     head = {"class": f"{cls.__module__}.{cls.__qualname__}", "settings": _settings(model),

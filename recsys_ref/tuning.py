@@ -16,6 +16,7 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -134,3 +135,43 @@ def best_config(table: pd.DataFrame) -> dict:
     values = table[table.attrs["metric"]].to_numpy(dtype=float)
     j = int(np.argmax(values) if table.attrs["higher_is_better"] else np.argmin(values))
     return dict(table.attrs["configs"][j])
+
+
+class SearchRefit(NamedTuple):
+    """What :func:`search_then_refit` returns: the searched winner (fitted on the training
+    rows), the winner refitted for its best epoch, the wall time, the table and the setting."""
+
+    tuned: object
+    final: object
+    seconds: float
+    table: pd.DataFrame
+    best: dict
+
+
+def search_then_refit(make: Callable[..., object], configs: Sequence[Mapping],
+                      train: pd.DataFrame, valid: pd.DataFrame, history: pd.DataFrame,
+                      evaluate: Callable[[object], Mapping[str, float]], *,
+                      metric: str = "NDCG@10", cache: bool = True,
+                      fit_kwargs: Mapping | None = None,
+                      refit_kwargs: Mapping | None = None) -> SearchRefit:
+    """A :func:`search` with early stopping on ``valid``, then the winner refitted on
+    ``history`` (training plus validation rows) for the epochs early stopping chose.
+
+    The protocol of the top-N chapters: every configuration is fitted on ``train``, stopped
+    on ``valid`` and scored by ``evaluate`` (on ``valid``); the refit has no validation data,
+    so it runs exactly the winner's ``best_epoch_`` epochs (``patience=None``). With
+    ``cache``, both the searched fits and the refit go through
+    :func:`recsys_ref.model_cache.cached_fit`, so a later chapter that needs the same model
+    reads it back. ``fit_kwargs`` / ``refit_kwargs`` are further ``fit`` arguments of the
+    search and of the refit (e.g. pretrained networks); they disable the cache.
+    See the chapter "Deep recommenders".
+    """
+    t0, fitted, configs = time.perf_counter(), [], [dict(c) for c in configs]
+    cache = cache and not fit_kwargs and not refit_kwargs
+    table = search(make, configs, train, evaluate, metric=metric, valid=valid,
+                   record=("best_epoch_",), cache=cache, fit_kwargs=fit_kwargs, keep=fitted)
+    best = best_config(table)
+    tuned = fitted[configs.index(best)]
+    final = make(**best, n_epochs=tuned.best_epoch_, patience=None)
+    final = cached_fit(final, history) if cache else final.fit(history, **(refit_kwargs or {}))
+    return SearchRefit(tuned, final, time.perf_counter() - t0, table, best)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from recsys_ref import model_cache
+from recsys_ref.features import Features
 from recsys_ref.model_cache import cached_fit, model_key
-from recsys_ref.models import BPR, EASE, IALS
+from recsys_ref.models import BPR, EASE, IALS, TwoTower
 
 N_USERS, N_ITEMS = 6, 8
 
@@ -120,3 +121,24 @@ def test_two_processes_asking_for_one_fit_fit_it_once(tmp_path):
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(o.count("fitted") for o in outs) == 1
+
+
+def _features(n, shift=0):
+    """A small feature table: one categorical column and two dense ones."""
+    return Features({"kind": (torch.arange(n) + shift) % 3}, {"kind": 3},
+                    torch.arange(2 * n, dtype=torch.float32).reshape(n, 2) + shift, ("a", "b"))
+
+
+def test_models_with_feature_tables_are_keyed_by_the_tables_contents(tiny_ratings, tmp_path):
+    def tower(items):
+        return TwoTower(N_USERS, N_ITEMS, _features(N_USERS), items, dim=4, dim_id=4,
+                        dim_feature=2, n_epochs=2, seed=0)
+
+    same = model_key(tower(_features(N_ITEMS)), tiny_ratings)
+    assert same == model_key(tower(_features(N_ITEMS)), tiny_ratings)  # equal contents
+    assert same != model_key(tower(_features(N_ITEMS, shift=1)), tiny_ratings)
+    assert same != model_key(tower(None), tiny_ratings)
+    a = cached_fit(tower(_features(N_ITEMS)), tiny_ratings, folder=tmp_path)
+    b = cached_fit(tower(_features(N_ITEMS)), tiny_ratings, folder=tmp_path)
+    assert b is not a and torch.equal(a.score(torch.arange(N_USERS)),
+                                      b.score(torch.arange(N_USERS)))

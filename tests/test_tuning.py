@@ -6,8 +6,9 @@ import torch
 
 from recsys_ref.evaluation import evaluate_ranking
 from recsys_ref.models.baselines import Popularity
+from recsys_ref.models.bpr import BPR
 from recsys_ref.models.ease import EASE
-from recsys_ref.tuning import best_config, grid, random_configs, search
+from recsys_ref.tuning import best_config, grid, random_configs, search, search_then_refit
 
 
 def test_grid_is_the_cartesian_product_first_axis_slowest():
@@ -105,3 +106,33 @@ def test_search_passes_fit_kwargs_uncached(tmp_path, monkeypatch):
     kept = []
     assert run(oracle, cache=False, keep=kept)["fit_seconds"].iloc[0] >= 0
     assert len(kept) == 1 and kept[0].bonus_ is oracle
+
+
+def test_search_then_refit_refits_the_winner_for_its_best_epoch_on_history(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setenv("RECSYS_REF_DATA", str(tmp_path))
+    train, valid, n_users, n_items = _planted()
+    history = pd.concat([train, valid])
+
+    def make(**kw):
+        return BPR(n_users, n_items, n_factors=8, batch_size=64, seed=0,
+                   **({"n_epochs": 15, "patience": 2} | kw))
+
+    configs = [{"lr": 1e-5}, {"lr": 0.05}]  # a step too small to learn, and one that learns
+    out = search_then_refit(make, configs, train, valid, history,
+                            lambda m: evaluate_ranking(m, valid, train, ks=(5,)),
+                            metric="NDCG@5")
+    assert out.best == {"lr": 0.05} and list(out.table["lr"]) == [1e-5, 0.05]
+    assert out.tuned.config.lr == 0.05 and out.tuned.config.patience == 2
+    # the refit: the winner's settings, its best epoch, no early stopping, on history
+    assert out.final.config.lr == 0.05 and out.final.config.patience is None
+    assert out.final.config.n_epochs == out.tuned.best_epoch_ >= 1
+    again = make(lr=0.05, n_epochs=out.tuned.best_epoch_, patience=None).fit(history)
+    users = torch.arange(n_users)
+    assert torch.allclose(again.score(users), out.final.score(users))
+    # a second call reads every fit back from the cache: the same models
+    second = search_then_refit(make, configs, train, valid, history,
+                               lambda m: evaluate_ranking(m, valid, train, ks=(5,)),
+                               metric="NDCG@5")
+    assert second.final is not out.final
+    assert torch.equal(second.final.score(users), out.final.score(users))
