@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys_ref.checks import check_config, check_positive_int
-from recsys_ref.matrix import interaction_mask
+from recsys_ref.matrix import UserItems, sorted_pairs
 from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.training import (
@@ -142,13 +142,14 @@ def ncf_loss(net: NCFNet, users, items, labels, reg: float = 0.0) -> torch.Tenso
     return loss
 
 
-def training_examples(users: torch.Tensor, items: torch.Tensor, seen: torch.Tensor,
+def training_examples(users: torch.Tensor, items: torch.Tensor, seen: UserItems | torch.Tensor,
                       n_negatives: int, generator: torch.Generator | None = None):
     """One epoch's examples: every positive pair, then ``n_negatives`` fresh negatives each.
 
     Args:
         users, items: ``(n,)`` the positive pairs.
-        seen: ``(n_users, n_items)`` bool mask of positives; negatives are never in it.
+        seen: each user's positives (sparse, :class:`recsys_ref.matrix.UserItems`, or a
+            ``(n_users, n_items)`` bool mask); negatives are never in it.
         n_negatives: negatives per positive, drawn uniformly among the user's unseen items.
         generator: the source of the negatives.
 
@@ -157,7 +158,8 @@ def training_examples(users: torch.Tensor, items: torch.Tensor, seen: torch.Tens
         followed by the negatives (label 0), negative ``j * n_negatives + t`` of user
         ``users[j]``.
     """
-    neg = sample_negatives(users, seen.shape[1], n_negatives, seen, generator)  # (n, k)
+    n_items = seen.n_items if isinstance(seen, UserItems) else seen.shape[1]
+    neg = sample_negatives(users, n_items, n_negatives, seen, generator)  # (n, k)
     u = torch.cat([users, users.repeat_interleave(n_negatives)])
     i = torch.cat([items, neg.reshape(-1)])
     y = torch.cat([torch.ones(len(users)), torch.zeros(neg.numel())])
@@ -264,8 +266,9 @@ class NCF(ConfiguredRecommender):
         """
         cfg = self.config
         self._check_train(train)
-        seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
-        users, items = seen.nonzero(as_tuple=True)  # (n,) distinct positive pairs
+        # sparse: the positives per user (CSR) and the distinct pairs sorted by user
+        seen = UserItems(train, self.n_users, self.n_items, name="train")
+        users, items = sorted_pairs(train, self.n_items)  # (n,) distinct positive pairs
         gen = seed_everything(cfg.seed)
         self.net_ = NCFNet(self.n_users, self.n_items, cfg.model, cfg.n_factors, cfg.layers,
                            cfg.init_std, gen)

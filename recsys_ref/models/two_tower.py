@@ -15,7 +15,7 @@ from torch import nn
 
 from recsys_ref.checks import check_config, check_index, check_positive_int
 from recsys_ref.features import Features
-from recsys_ref.matrix import interaction_mask
+from recsys_ref.matrix import UserItems, sorted_pairs
 from recsys_ref.models.base import ConfiguredRecommender, _tensor
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.training import (
@@ -256,8 +256,9 @@ class TwoTower(ConfiguredRecommender):
         """Fit on the distinct pairs of ``train``; early-stop on ``valid`` if given."""
         cfg = self.config
         self._check_train(train)
-        seen = interaction_mask(train, self.n_users, self.n_items)  # (n_users, n_items)
-        users, items = seen.nonzero(as_tuple=True)  # (n,) distinct positive pairs
+        # sparse: the positives per user (CSR) and the distinct pairs sorted by user
+        seen = UserItems(train, self.n_users, self.n_items, name="train")
+        users, items = sorted_pairs(train, self.n_items)  # (n,) distinct positive pairs
         gen = seed_everything(cfg.seed)
         towers = [Tower(n if self.use_ids else 0, f, cfg.dim_id, cfg.dim_feature, cfg.hidden,
                         cfg.dim, cfg.init_std, gen)
@@ -278,11 +279,11 @@ class TwoTower(ConfiguredRecommender):
                 f_u = self.net_["user"](u, keep(len(u)))  # (b, d)
                 if cfg.loss == "softmax":
                     g = self.net_["item"](torch.arange(self.n_items))  # (n_items, d)
-                    loss = softmax_loss(f_u, g, i, cfg.temperature, seen[u])
+                    loss = softmax_loss(f_u, g, i, cfg.temperature, seen.rows(u))
                 elif cfg.loss == "inbatch":
                     g = self.net_["item"](i, keep(len(i)))  # (b, d)
                     loss = inbatch_softmax_loss(f_u, g, i, log_q, cfg.temperature,
-                                                seen[u[:, None], i[None, :]])
+                                                seen.contains(u[:, None], i[None, :]))
                 else:
                     j = sample_negatives(u, self.n_items, 1, seen, gen)[:, 0]  # (b,)
                     g = self.net_["item"](torch.cat([i, j]), keep(2 * len(i)))  # (2b, d)
