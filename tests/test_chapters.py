@@ -594,12 +594,14 @@ def unified_loop(g):
     # greedy logs replayed without propensities overestimate popularity (selection bias)
     assert g["off_greedy_without_popularity"] > 0
     # retraining on its own logs homogenises the slates and raises the click rate; the
-    # exploring loop ends with a lower Gini (paired interval) and a higher coverage (the
-    # estimate here; its interval is asserted by the chapter's full-settings cell, as at the
-    # smoke size it reaches 0)
+    # exploring loop ends with a lower Gini and a higher coverage (the estimates here; their
+    # intervals are asserted by the chapter's full-settings cell: with the smoke size's 2
+    # seeds a t-interval has 1 degree of freedom, and either one may reach 0)
     assert g["gini_after_greedy"] > max(g["gini_before_greedy"], g["gini_after_static"])
     assert g["jaccard_after_greedy"] > g["jaccard_before_greedy"]
     assert g["of_oracle_after_greedy"] > g["of_oracle_before_greedy"]
-    assert g["degen_cum_gini_low"] > 0 and g["degen_cum_coverage"] < 0
-    # the oracle bounds every system; the chosen settings come from the search
+    assert g["degen_cum_gini"] > 0 and g["degen_cum_coverage"] < 0
+    # the oracle bounds every system; the chosen settings come from the search (the SMOKE
+    # search draws iALS's sweeps from 5 and 20: the typed default, 10, is not among them)
     assert 0 < g["oracle_static"] < g["oracle_full"] < 100
+    assert g["model_n_epochs"] in (5, 20) and g["model_n_factors"] == 16
