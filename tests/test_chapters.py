@@ -438,6 +438,9 @@ def active_selection(g):
     # pool: every strategy improves on the seed set
     assert g["all_pool_improve"]
     assert g["pool_final_random"] < g["pool_rmse0"] - 0.03
+    # sampled uncertainty's exponent comes from its validation search (SMOKE grid 0.5, 2: the
+    # earlier typed value, 1, is not among them)
+    assert g["gamma"] in (0.5, 2.0) and g["gamma_grid"] == "0.5, 2"
     # "uncertainty buys ratings of rare users and rare movies"
     assert g["bought_user_n_unc"] < g["bought_user_n_random"]
     assert g["bought_item_n_unc"] < g["bought_item_n_random"]
