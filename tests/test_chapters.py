@@ -189,6 +189,9 @@ def exploration(g):
     assert r["eps"] < r["ucb1"] and g["bts_loses_every_seed"] is True
     assert r["random"] == max(r.values()) and r["oracle"] == 0
     assert g["best_noncontextual"] in ("eps-greedy", "greedy")
+    # LinUCB's width: the grid reaches alpha = 0 (greedy ridge); the reading follows the table
+    assert g["alpha_best_regret"] <= g["alpha0_regret"] and g["alpha_gain_pct"] >= 0
+    assert g["alpha_reading"].startswith("greedy" if g["alpha"] == 0 else "the ")
     # the backbone against iALS: a paired interval over seeds, and the verdict it implies
     assert g["bb_diff_low"] < g["bb_diff"] < g["bb_diff_high"]
     assert g["bb_verdict"] == ("measurably higher than" if g["bb_diff_low"] > 0 else
