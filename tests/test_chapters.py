@@ -591,8 +591,12 @@ def unified_loop(g):
     assert g["clicks_greedy"] > g["clicks_static"]  # retraining on the logs pays
     assert g["gain_static_low"] > 0 and g["gain_pop_low"] > 0  # full loop beats both
     assert g["n_decisions"] >= g["n_seeds"] and 0 <= g["n_deployed"] <= g["n_decisions"]
-    # new users: questions and fold-in beat serving popularity (paired interval)
+    # new users: the full loop beats serving popularity (paired interval); what questions and
+    # fold-in add over the loop without them is the verdict its interval implies
     assert g["new_gain_pop_low"] > 0 and g["new_full"] > g["new_pop"]
+    low, high = g["new_gain_explore_low"], g["new_gain_explore_high"]
+    assert g["new_explore_verdict"] == ("add measurably to it" if low > 0 else "take away from "
+                                        "it" if high < 0 else "add nothing measurable to it")
     # the gate checked against the truth: DR within 10% of the candidate's true value,
     # and a truly worse popularity candidate rejected in every seed
     assert g["ope_candidate_DR_err"] < 10
