@@ -190,8 +190,9 @@ def exploration(g):
     assert r["random"] == max(r.values()) and r["oracle"] == 0
     assert g["best_noncontextual"] in ("eps-greedy", "greedy")
     # LinUCB's width: the grid reaches alpha = 0 (greedy ridge); the reading follows the table
-    assert g["alpha_best_regret"] <= g["alpha0_regret"] and g["alpha_gain_pct"] >= 0
-    assert g["alpha_reading"].startswith("greedy" if g["alpha"] == 0 else "the ")
+    assert g["alpha_best_regret"] <= g["alpha0_regret"]
+    flat = g["alpha0_regret"] <= 1.01 * g["alpha_best_regret"]  # greedy within 1% of the best
+    assert g["alpha_reading"].startswith("the regret is flat" if flat else "the width pays")
     # the backbone against iALS: a paired interval over seeds, and the verdict it implies
     assert g["bb_diff_low"] < g["bb_diff"] < g["bb_diff_high"]
     assert g["bb_verdict"] == ("measurably higher than" if g["bb_diff_low"] > 0 else
