@@ -444,7 +444,12 @@ def active_selection(g):
     assert g["pool_final_random"] < g["pool_rmse0"] - 0.03
     # sampled uncertainty's exponent comes from its validation search (SMOKE grid 0.5, 2: the
     # earlier typed value, 1, is not among them)
-    assert g["gamma"] in (0.5, 2.0) and g["gamma_grid"] == "0.5, 2"
+    assert g["gamma"] in (0.5, 2.0) and g["gamma_grid"] == "0.5, 2" and g["pool_beta"] in (0.5, 3)
+    rmses = [float(r) for r in g["gamma_rmses"].split(", ")]  # by exponent: the chosen one
+    # has the lowest, and the reading agrees with the table
+    assert rmses[(0.5, 2.0).index(g["gamma"])] == min(rmses)
+    assert g["gamma_reading"].startswith("the validation RMSE rises" if rmses[0] < rmses[1]
+                                         else "the validation RMSE falls")
     # "uncertainty buys ratings of rare users and rare movies"
     assert g["bought_user_n_unc"] < g["bought_user_n_random"]
     assert g["bought_item_n_unc"] < g["bought_item_n_random"]
