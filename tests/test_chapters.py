@@ -448,8 +448,11 @@ def active_selection(g):
     rmses = [float(r) for r in g["gamma_rmses"].split(", ")]  # by exponent: the chosen one
     # has the lowest, and the reading agrees with the table
     assert rmses[(0.5, 2.0).index(g["gamma"])] == min(rmses)
-    assert g["gamma_reading"].startswith("the validation RMSE rises" if rmses[0] < rmses[1]
+    assert g["gamma_reading"].startswith("the validation RMSE rises" if rmses[0] <= rmses[1]
                                          else "the validation RMSE falls")
+    rmses = [float(r) for r in g["pool_beta_rmses"].split(", ")]  # density's weight, the same
+    assert rmses[(0.5, 3.0).index(g["pool_beta"])] == min(rmses)
+    assert g["pool_beta_trend"] == ("rises" if rmses[0] <= rmses[1] else "falls")
     # "uncertainty buys ratings of rare users and rare movies"
     assert g["bought_user_n_unc"] < g["bought_user_n_random"]
     assert g["bought_item_n_unc"] < g["bought_item_n_random"]
