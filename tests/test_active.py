@@ -21,6 +21,7 @@ from recsys_ref.active.pool import (
     leaky_selection,
     pool_split,
     run_pool,
+    search_pool_strategy,
 )
 from recsys_ref.few_shot import FoldInMF
 from recsys_ref.models.mf import BiasedMF, MFConfig
@@ -319,6 +320,22 @@ def test_pool_loop_is_deterministic_for_each_strategy(pool_setup):
     key = ["user_idx", "item_idx"]
     assert len(split.test.merge(split.pool, on=key)) == 0
     assert len(split.test.merge(split.labelled, on=key)) == 0
+
+
+def test_search_pool_strategy_ranks_by_final_validation_rmse(pool_setup):
+    ratings, cfg, fit = pool_setup
+    table = search_pool_strategy(lambda power: S.ProportionalUncertainty(power=power),
+                                 [{"power": 0.0}, {"power": 3.0}], ratings, fit, cfg)
+    assert list(table.columns) == ["power", "rmse"]
+    # each row is its own pool run's RMSE after the last round, on the loop's test split
+    for row in table.itertuples():
+        split, oracle = pool_split(ratings, cfg)
+        hist = run_pool(S.ProportionalUncertainty(power=row.power), split, oracle, fit, cfg)
+        assert row.rmse == hist["test_rmse"].iloc[-1]
+    assert table["rmse"].nunique() == 2  # the exponent changes what is bought
+    assert best_config(table) == {"power": float(table.loc[table["rmse"].idxmin(), "power"])}
+    with pytest.raises(ValueError, match="at least one"):
+        search_pool_strategy(S.ProportionalUncertainty, [], ratings, fit, cfg)
 
 
 def test_labels_to_reach_interpolates():

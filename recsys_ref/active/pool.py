@@ -233,6 +233,33 @@ def run_pool(strategy: Strategy, split: PoolSplit, oracle: LabelOracle,
     return pd.DataFrame(history)
 
 
+def search_pool_strategy(make: Callable[..., Strategy], configs, ratings: pd.DataFrame,
+                         fit: Callable[[pd.DataFrame], object], config: PoolConfig
+                         ) -> pd.DataFrame:
+    """Run the pool loop with ``make(**c)`` for each configuration ``c`` on ``ratings`` (which
+    must leave out the reported test set: the loop's own test split is then a *validation*
+    set); rank by the RMSE after the last round.
+
+    Every configuration meets the same split, seed set and candidates (a fresh
+    :func:`pool_split` of ``config`` per run). Returns one row per configuration with its
+    values and ``rmse``; it works with :func:`recsys_ref.tuning.best_config` (lowest wins).
+    See the chapter "Active selection".
+    """
+    configs = [dict(c) for c in configs]
+    if not configs:
+        raise ValueError("search_pool_strategy needs at least one configuration")
+    rows = []
+    for c in configs:
+        split, oracle = pool_split(ratings, config)
+        rmse = float(run_pool(make(**c), split, oracle, fit, config)["test_rmse"].iloc[-1])
+        if not np.isfinite(rmse):
+            raise ValueError(f"validation RMSE is {rmse} with {c}")
+        rows.append(c | {"rmse": rmse})
+    table = pd.DataFrame(rows)
+    table.attrs.update(configs=configs, metric="rmse", higher_is_better=False)
+    return table
+
+
 def labels_to_reach(history: pd.DataFrame, target_rmse: float) -> float:
     """Labels needed to reach ``target_rmse``, linearly interpolated between rounds.
 
