@@ -1,6 +1,8 @@
 """Tests of recsys_ref.active: strategies on tiny cases with a known answer, the elicitation
 simulator's protocol, the pool loop's hidden labels, determinism and bad input."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -388,3 +390,26 @@ def test_simulator_rejects_a_strategy_that_asks_outside_the_pool(tiny):
 
     with pytest.raises(RuntimeError, match="outside the pool"):
         sim.run(Rogue(), 1)
+
+
+def test_runs_with_one_test_seed_share_the_test_set_and_nothing_else(pool_setup):
+    ratings, cfg, _ = pool_setup
+    key = ["user_idx", "item_idx"]
+
+    def pairs(frame):
+        return set(map(tuple, frame[key].to_numpy().tolist()))
+
+    base, _ = pool_split(ratings, cfg)  # test_seed None: drawn with seed, as before
+    same, _ = pool_split(ratings, dataclasses.replace(cfg, test_seed=cfg.seed))
+    other, _ = pool_split(ratings, dataclasses.replace(cfg, seed=cfg.seed + 1,
+                                                       test_seed=cfg.seed))
+    free, _ = pool_split(ratings, dataclasses.replace(cfg, seed=cfg.seed + 1))
+    assert base.test.equals(same.test) and base.labelled.equals(same.labelled)
+    assert pairs(other.test) == pairs(base.test)  # the shared test set
+    assert pairs(other.labelled) != pairs(base.labelled)  # a different seed set and pool
+    assert pairs(free.test) != pairs(base.test)  # without test_seed, seed moves the test set
+    for split in (base, other):  # a partition of the ratings in every case
+        parts = [pairs(split.test), pairs(split.labelled), pairs(split.pool)]
+        assert sum(map(len, parts)) == len(ratings) and not parts[0] & (parts[1] | parts[2])
+    with pytest.raises(ValueError, match="test_seed"):
+        dataclasses.replace(cfg, test_seed=-1)

@@ -28,7 +28,7 @@ import torch
 from recsys_ref import metrics
 from recsys_ref.active.signals import cosine_density
 from recsys_ref.active.strategies import SelectionState, Strategy
-from recsys_ref.checks import check_config, check_frame
+from recsys_ref.checks import check_config, check_frame, check_positive_int
 from recsys_ref.few_shot.fold_in import fold_in_items, fold_in_users, residual_variance
 from recsys_ref.matrix import column
 from recsys_ref.progress import progress_bar
@@ -48,6 +48,9 @@ class PoolConfig:
     n_reference: int = 1_000  # labelled samples used as the known centres of k-center
     test_frac: float = 0.1  # share of the ratings in the fixed test set
     seed: int = 0
+    # the test set's seed (None: ``seed``): runs that share it share their test set, so a
+    # setting chosen on one run's other ratings never saw another run's test ratings
+    test_seed: int | None = None
     progress: bool = False  # tqdm progress bar
 
     def __post_init__(self):
@@ -55,6 +58,8 @@ class PoolConfig:
                                           "n_reference"), fractions=("test_frac",))
         if self.test_frac == 0:
             raise ValueError("test_frac must be > 0")
+        if self.test_seed is not None:
+            self.test_seed = check_positive_int(self.test_seed, "test_seed", minimum=0)
         if self.batch_size > self.n_candidates:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n_candidates "
                              f"({self.n_candidates})")
@@ -104,15 +109,22 @@ class PoolSplit:
 def pool_split(ratings: pd.DataFrame, config: PoolConfig) -> tuple[PoolSplit, LabelOracle]:
     """Random (seeded) test set, seed set and pool; the pool's ratings go to an oracle.
 
+    The test set is drawn with ``config.test_seed`` (default ``config.seed``); with another
+    ``seed`` the remaining ratings are shuffled again, so runs that share ``test_seed`` share
+    the test set and differ in their seed set, pool and oracle.
+
     Returns:
         ``(split, oracle)``. See the chapter "Active selection".
     """
     check_frame(ratings, "ratings", COLUMNS)
-    rng = np.random.default_rng(config.seed)
-    perm = rng.permutation(len(ratings))
+    test_seed = config.seed if config.test_seed is None else config.test_seed
+    perm = np.random.default_rng(test_seed).permutation(len(ratings))
     n_test = round(config.test_frac * len(ratings))
     if n_test + config.n_seed >= len(ratings):
         raise ValueError("test set and seed set leave no pool")
+    if config.seed != test_seed:  # the same test set, the rest in another order
+        rest = perm[n_test:]
+        perm[n_test:] = rest[np.random.default_rng(config.seed).permutation(len(rest))]
     df = ratings[COLUMNS].iloc[perm].reset_index(drop=True)
     test, seed_set = df.iloc[:n_test], df.iloc[n_test:n_test + config.n_seed]
     pool = df.iloc[n_test + config.n_seed:].reset_index(drop=True)
