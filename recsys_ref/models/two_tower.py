@@ -283,7 +283,7 @@ class TwoTower(ConfiguredRecommender):
                 elif cfg.loss == "inbatch":
                     g = self.net_["item"](i, keep(len(i)))  # (b, d)
                     loss = inbatch_softmax_loss(f_u, g, i, log_q, cfg.temperature,
-                                                seen.contains(u[:, None], i[None, :]))
+                                                seen.rows(u)[:, i])  # (b, b)
                 else:
                     j = sample_negatives(u, self.n_items, 1, seen, gen)[:, 0]  # (b,)
                     g = self.net_["item"](torch.cat([i, j]), keep(2 * len(i)))  # (2b, d)
