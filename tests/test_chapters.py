@@ -16,6 +16,8 @@ from collections.abc import Callable
 import pytest
 from chapter_runner import BUILD, ROOT, chapters_in_toc, execute, glued
 
+from recsys_ref.data.cache import data_home
+
 pytestmark = pytest.mark.chapters
 
 CLAIMS: dict[str, Callable[[dict], None]] = {}
@@ -584,6 +586,14 @@ def test_deep_chapter_claims_fail_when_its_networks_do_not_train(tmp_path, monke
     (site / "sitecustomize.py").write_text(NO_TRAINING)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
+    # the data, but an empty model cache: fits cached by the trained run (keyed by the
+    # library's source, which the patch above does not change) must not be read back
+    data = tmp_path / "data"
+    data.mkdir()
+    for entry in data_home().iterdir():
+        if entry.name not in ("models", "backbones"):
+            (data / entry.name).symlink_to(entry)
+    monkeypatch.setenv("RECSYS_REF_DATA", str(data))
     g = glued(execute("deep_recommenders", build=tmp_path))
     # the kernel did run untrained networks: AutoRec is no better than the global mean, and no
     # network's interval clears a random order (the per-model claim fails for each of them)
