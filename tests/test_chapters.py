@@ -586,13 +586,18 @@ def test_deep_chapter_claims_fail_when_its_networks_do_not_train(tmp_path, monke
     (site / "sitecustomize.py").write_text(NO_TRAINING)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
         p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
-    # the data, but an empty model cache: fits cached by the trained run (keyed by the
-    # library's source, which the patch above does not change) must not be read back
-    data = tmp_path / "data"
-    data.mkdir()
-    for entry in data_home().iterdir():
+    # the data and the cached fits of every other model, but none of the patched networks: a
+    # fit cached by a trained run (keyed by the library's source, which the patch does not
+    # change) must not be read back
+    data, home = tmp_path / "data", data_home()
+    (data / "models").mkdir(parents=True)
+    for entry in home.iterdir():
         if entry.name not in ("models", "backbones"):
             (data / entry.name).symlink_to(entry)
+    for entry in (home / "models").glob("*") if (home / "models").is_dir() else ():
+        if not entry.name.startswith(("NCF-", "TwoTower-", "AutoRec-", ".")) \
+                and not entry.name.endswith(".lock"):
+            (data / "models" / entry.name).symlink_to(entry)
     monkeypatch.setenv("RECSYS_REF_DATA", str(data))
     g = glued(execute("deep_recommenders", build=tmp_path))
     # the kernel did run untrained networks: AutoRec is no better than the global mean, and no
