@@ -94,25 +94,35 @@ def evaluate_ranking(
     top = torch.zeros(n_eval, kmax, dtype=torch.long)  # the lists users would see
     first_rank = torch.zeros(n_eval, dtype=torch.long)  # 1-based rank of the first hit
     n_rel = torch.zeros(n_eval, dtype=torch.long)
+    test_rows, test_items = relevant.entries(users)  # (n_test,) each
+    if seen.contains(users[test_rows], test_items).any():
+        raise ValueError("test shares (user, item) pairs with exclude: they would be masked")
+    minus_inf = torch.tensor(float("-inf"))
+    # per batch, a few passes over the (b, n_items) scores and the rest on the sparse entries
+    # (the passes, not the arithmetic, are what evaluation costs on large catalogues)
     for start in range(0, n_eval, batch_size):
         u = users[start:start + batch_size]
         out_rows = slice(start, start + len(u))
-        rel, mask = relevant.rows(u), seen.rows(u)  # (b, n_items) each
-        if (rel & mask).any():
-            raise ValueError("test shares (user, item) pairs with exclude: they would be masked")
-        scores = _scores(model, u).masked_fill(mask, float("-inf"))  # (b, n_items)
-        del mask
-        ranked = metrics.rank_order(scores, rel, k=kmax)  # (b, kmax): a top-k, not a sort
+        rel = relevant.rows(u)  # (b, n_items) bool
+        # a copy of the model's scores with the excluded items at -inf
+        scores = _scores(model, u).index_put(seen.entries(u), minus_inf)  # (b, n_items)
+        # the two lists (ties against relevance for the metrics, by item index as a user
+        # would see them) from one top-k selection, not a sort
+        ranked, top[out_rows] = metrics.top_k_lists(scores, (rel, None), kmax)  # (b, kmax)
         hits_all[out_rows] = rel.gather(1, ranked)
         # rank of the first hit under the tie rule: items scoring above the best relevant
         # item, plus the non-relevant ones tied with it, come first
-        best = scores.masked_fill(~rel, float("-inf")).amax(1, keepdim=True)  # (b, 1)
+        r_rel, c_rel = relevant.entries(u)  # repeated test pairs count once:
+        keys = torch.unique(r_rel * n_items + c_rel)
+        r_rel, c_rel = keys // n_items, keys % n_items  # (nnz_b,) distinct relevant pairs
+        s_rel = scores[r_rel, c_rel]  # (nnz_b,)
+        best = torch.full((len(u),), float("-inf")).scatter_reduce(0, r_rel, s_rel, "amax")
+        tied_relevant = torch.bincount(r_rel[s_rel == best[r_rel]], minlength=len(u))  # (b,)
         # (bool -> float32 sums: exact below 2**24 items, and far faster than bool sums)
-        ahead = (scores > best).float().sum(1) + ((scores == best) & ~rel).float().sum(1)
-        first_rank[out_rows] = 1 + ahead.long()
-        top[out_rows] = metrics.rank_order(scores, k=kmax)
-        n_rel[out_rows] = rel.float().sum(1).long()
-        del scores, rel, ranked, best, ahead
+        at_least = (scores >= best[:, None]).float().sum(1)  # (b,)
+        first_rank[out_rows] = 1 + at_least.long() - tied_relevant
+        n_rel[out_rows] = torch.bincount(r_rel, minlength=len(u))
+        del scores, rel, ranked, best, at_least
     rows = {"user_idx": users.numpy(), "MRR": (1.0 / first_rank.float()).numpy()}
     out = {}
     for k in ks:

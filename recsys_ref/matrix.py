@@ -118,14 +118,20 @@ class UserItems:
         """``(n_users,)`` number of (possibly repeated) pairs per user."""
         return self.indptr[1:] - self.indptr[:-1]
 
-    def rows(self, users: torch.Tensor) -> torch.Tensor:
-        """``(len(users), n_items)`` bool: True where the user has the item."""
+    def entries(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(row, item)``, ``(nnz_b,)`` long each: the stored pairs of ``users``, ``row``
+        indexing into ``users`` (a batch's pattern without its ``(len(users), n_items)``
+        mask; repeated pairs stay repeated)."""
         start, n = self.indptr[users], self.counts()[users]  # (b,)
         row = torch.repeat_interleave(torch.arange(len(users)), n)  # (nnz_b,)
         # position of each entry inside its user's slice: 0, 1, ..., n_u - 1
         offset = torch.arange(int(n.sum())) - torch.repeat_interleave(n.cumsum(0) - n, n)
+        return row, self.items[torch.repeat_interleave(start, n) + offset]
+
+    def rows(self, users: torch.Tensor) -> torch.Tensor:
+        """``(len(users), n_items)`` bool: True where the user has the item."""
         out = torch.zeros(len(users), self.n_items, dtype=torch.bool)
-        out[row, self.items[torch.repeat_interleave(start, n) + offset]] = True
+        out[self.entries(users)] = True
         return out
 
 

@@ -123,26 +123,40 @@ def rank_order(scores, relevance=None, k=None):
 
 
 def _top_k(scores, relevance, k):
-    """The first ``k`` columns of :func:`rank_order` without sorting all items.
+    """The first ``k`` columns of :func:`rank_order` without sorting all items."""
+    return top_k_lists(scores, (relevance,), k)[0]
+
+
+def top_k_lists(scores, relevances, k):
+    """The first ``k`` columns of :func:`rank_order` under each of ``relevances`` (``None``
+    for a list as shown to a user), from one top-k selection of ``scores``.
 
     ``topk`` picks the ``m = 4k`` (at least ``k + 16``) best scores; when the k-th best score
     is strictly above the m-th, every item that can reach the top k is among those m, so
     sorting them by item index and applying the full rule to the ``(b, m)`` block is exact.
-    Rows where ties reach past the m-th place (a constant scorer) take the full sort.
+    Rows where ties reach past the m-th place (a constant scorer) take the full sort. The
+    evaluator needs two orders of the same scores (ties against relevance for the metrics, by
+    item index for coverage): one selection serves both.
+
+    Returns:
+        A list of long ``(b, k)`` item indices, one per entry of ``relevances``.
     """
     n = scores.shape[1]
     m = min(n, max(4 * k, k + 16))
     values, idx = scores.topk(m, dim=1)  # (b, m), best first in some tie order
     idx = idx.sort(dim=1).values  # (b, m) ascending item index: the rule's last tie-break
-    rel = None if relevance is None else relevance.gather(1, idx)
-    top = idx.gather(1, rank_order(scores.gather(1, idx), rel)[:, :k])  # (b, k)
-    if m < n:
-        tied = values[:, k - 1] <= values[:, m - 1]  # (b,) ties cross the m-th place
-        if tied.any():
-            rows = tied.nonzero().squeeze(1)
+    candidates = scores.gather(1, idx)  # (b, m)
+    tied = (values[:, k - 1] <= values[:, m - 1]) if m < n else None  # (b,) ties cross m
+    rows = tied.nonzero().squeeze(1) if tied is not None and tied.any() else None
+    out = []
+    for relevance in relevances:
+        rel = None if relevance is None else relevance.gather(1, idx)
+        top = idx.gather(1, rank_order(candidates, rel)[:, :k])  # (b, k)
+        if rows is not None:
             full = rank_order(scores[rows], None if relevance is None else relevance[rows])
             top[rows] = full[:, :k]
-    return top
+        out.append(top)
+    return out
 
 
 # ----------------------------------------------------------------------------- top-K list metrics

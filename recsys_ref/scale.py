@@ -6,6 +6,8 @@ See the appendix "Your own data, at scale".
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import re
 import time
 from collections.abc import Callable
@@ -117,14 +119,26 @@ def _status(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) * 1024
 
 
+def _release_free_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's ``malloc_trim``), so the
+    resident memory is what the process holds. ``make`` keeps freed memory in the process
+    (``MALLOC_TRIM_THRESHOLD_``, faster), which would otherwise count as held."""
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing kept to release
+        pass
+
+
 def measure(fn: Callable[[], object]) -> tuple[object, float, int]:
     """Run ``fn()``; return ``(result, seconds, peak_bytes)``.
 
     ``peak_bytes`` is the growth of the process's peak resident memory over what it held
-    before the call (Linux: the high-water mark is reset through ``/proc/self/clear_refs``
-    first), so it counts every allocation ``fn`` made, torch's and NumPy's alike. Elsewhere
-    it is ``-1``.
+    before the call (Linux: freed heap pages are released and the high-water mark is reset
+    through ``/proc/self/clear_refs`` first), so it counts every allocation ``fn`` made,
+    torch's and NumPy's alike. Elsewhere it is ``-1``.
     """
+    _release_free_memory()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         before = _status("VmRSS")

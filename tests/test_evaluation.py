@@ -236,3 +236,15 @@ def test_paired_mean_gap_resamples_within_groups():
     a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 1.0, 1.0, 2.0])
     gap, low, high = paired_mean_gap(a, b, [0, 0, 1, 1])
     assert gap == pytest.approx(np.mean([1.5 - 0.5, 3.5 - 1.5])) and low <= gap <= high
+
+
+def test_repeated_test_pairs_count_once():
+    train = pd.DataFrame({"user_idx": [0, 1], "item_idx": [0, 1]})
+    test = pd.DataFrame({"user_idx": [0, 0, 1], "item_idx": [2, 3, 2]})
+    model = FixedScores(torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 2.0, 2.0]]))
+    once = evaluate_ranking(model, test, train, ks=(2,), per_user=True)[1]
+    twice = evaluate_ranking(model, pd.concat([test, test]), train, ks=(2,), per_user=True)[1]
+    pd.testing.assert_frame_equal(once, twice)
+    # user 0: items 2, 3 relevant, tied with item 4 (ranked first); user 1: item 2 after
+    # items 3 and 4 and after item 0, tied with it
+    assert once["MRR"].tolist() == [0.5, 0.25]

@@ -281,3 +281,18 @@ TOPK = torch.tensor([[0, 1], [1, 2]])
 def test_bad_input_raises(call, err, match):
     with pytest.raises(err, match=match):
         call()
+
+
+def test_top_k_lists_are_rank_orders_cut_at_k():
+    # coarse scores tie often, one row is constant (its ties cross the top-k's candidates)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 4, (6, 40), generator=g).float()
+    scores[2] = 1.0
+    scores[3, :5] = float("-inf")  # not candidates
+    rel = torch.rand(6, 40, generator=g) < 0.2
+    gain = torch.randint(0, 3, (6, 40), generator=g).float()
+    for k in (1, 3, 10, 40):
+        got = M.top_k_lists(scores, (rel, None, gain), k)
+        assert len(got) == 3
+        for top, r in zip(got, (rel, None, gain), strict=True):
+            assert torch.equal(top, M.rank_order(scores, r)[:, :k])
