@@ -66,9 +66,8 @@ class _Quiet(SimpleHTTPRequestHandler):
 def base_url():
     if not (SITE / "chapters").is_dir():
         pytest.fail(f"no built site at {SITE}: run `make smoke-book` first", pytrace=False)
-    if "PYTEST_XDIST_WORKER" not in os.environ:  # under xdist `make site-check` clears them
-        shutil.rmtree(SHOTS, ignore_errors=True)  # screenshots of this run only
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(SHOTS, ignore_errors=True)  # screenshots of this run only
+    SHOTS.mkdir(parents=True)
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=SITE))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
