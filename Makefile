@@ -59,9 +59,9 @@ unit: install
 	$(BIN)/python -m pytest -q -n 2 -m "not chapters and not site"
 
 # Executes every chapter at SMOKE size with papermill, asserts its claims, re-runs it with nbval;
-# two chapters at a time (pytest-xdist, one single-threaded kernel per core).
+# two chapters at a time, the longest first (pytest-xdist, one single-threaded kernel per core).
 chapters: data
-	$(BIN)/python -m pytest -q -m chapters -n 2 --dist loadgroup tests/test_chapters.py
+	$(BIN)/python -m pytest -q -m chapters -n 2 tests/test_chapters.py
 
 # Strict build of the site from the notebooks the chapter tests executed (no third run).
 smoke-book: install

@@ -22,3 +22,14 @@ def tiny_ratings():
         for i in items:
             rows.append((u, int(i), float(rng.integers(1, 6)), int(rng.integers(0, 10_000))))
     return pd.DataFrame(rows, columns=["user_idx", "item_idx", "rating", "timestamp"])
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked ``expected_seconds`` first, longest first (the chapter tests: with xdist's
+    two workers, the last to start is then a short one); the others keep their order."""
+
+    def seconds(item):
+        mark = item.get_closest_marker("expected_seconds")
+        return -mark.args[0] if mark else 0
+
+    items.sort(key=seconds)
