@@ -205,6 +205,30 @@ def visible_toggle(page, which: str):
     return buttons.first if buttons.count() else None
 
 
+# true once the element is shown with its left edge inside the viewport
+IN_VIEW = """e => { const r = e.getBoundingClientRect();
+  return r.width > 0 && r.height > 0 && getComputedStyle(e).visibility !== "hidden"
+      && r.x >= 0 && r.x + 10 <= window.innerWidth; }"""
+# true once the element's box differs from ``box`` (hidden counts as a box of zeros)
+MOVED = """([e, box]) => { const r = e.getBoundingClientRect();
+  const now = r.width > 0 && r.height > 0 ? [r.x, r.y, r.width, r.height] : null;
+  return JSON.stringify(now) !== JSON.stringify(box); }"""
+
+
+def settles(page, locator, condition: str, box=None, timeout: float = 2_000) -> bool:
+    """Whether ``condition`` becomes true for ``locator``'s element within ``timeout`` ms,
+    checked at every animation frame (a drawer slides in: no fixed wait)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    handle = locator.element_handle()
+    arg = handle if box is None else [handle, box]
+    try:
+        page.wait_for_function(condition, arg=arg, timeout=timeout)
+    except PlaywrightTimeout:
+        return False
+    return True
+
+
 def chapter_list_opens(page) -> str | None:
     """Click the visible primary-sidebar button; the chapter list must come into view."""
     link = page.locator(".bd-sidebar-primary nav.bd-docs-nav a.reference.internal").first
@@ -212,9 +236,7 @@ def chapter_list_opens(page) -> str | None:
     if button is None:
         return "no visible button opens the chapter list"
     button.click()
-    page.wait_for_timeout(400)  # the drawer slides in
-    box = link.bounding_box() if link.is_visible() else None
-    if box is None or box["x"] < 0 or box["x"] + 10 > page.viewport_size["width"]:
+    if not settles(page, link, IN_VIEW):  # the drawer slides in
         return "the sidebar button does not open the chapter list"
     return None
 
@@ -227,10 +249,7 @@ def page_contents_opens(page) -> str | None:
     if button is None:
         return "no visible button opens the page contents"
     button.click()
-    page.wait_for_timeout(400)
-    entry = page.locator(".bd-sidebar-secondary .toc-entry a").first
-    box = entry.bounding_box() if entry.is_visible() else None
-    if box is None or box["x"] < 0 or box["x"] + 10 > page.viewport_size["width"]:
+    if not settles(page, page.locator(".bd-sidebar-secondary .toc-entry a").first, IN_VIEW):
         return "the page-contents button does not open the page's table of contents"
     return None
 
@@ -241,11 +260,10 @@ def sidebar_toggles_on_desktop(page) -> str | None:
     button = visible_toggle(page, "primary")
     if button is None:
         return "no visible primary-sidebar button at 1280 px"
-    before = sidebar.bounding_box()
+    box = sidebar.bounding_box()
+    before = [box["x"], box["y"], box["width"], box["height"]] if box else None
     button.click()
-    page.wait_for_timeout(400)
-    after = sidebar.bounding_box() if sidebar.is_visible() else None
-    if before == after:
+    if not settles(page, sidebar, MOVED, box=before):
         return "the primary-sidebar button does nothing at 1280 px"
     return None
 
