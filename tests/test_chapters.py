@@ -533,6 +533,7 @@ def own_data(g):
     assert g["bpr_valid_best"] >= g["bpr_valid_adam"] > 0
     assert g["eval_batch"] in (32, 128, 512) and g["eval_batch_slowdown"] >= 1
 
+
 def test_every_chapter_has_claims():
     assert set(chapters_in_toc()) == set(CLAIMS), "a chapter without asserted claims"
 
