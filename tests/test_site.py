@@ -209,10 +209,11 @@ def visible_toggle(page, which: str):
 IN_VIEW = """e => { const r = e.getBoundingClientRect();
   return r.width > 0 && r.height > 0 && getComputedStyle(e).visibility !== "hidden"
       && r.x >= 0 && r.x + 10 <= window.innerWidth; }"""
-# true once the element's box differs from ``box`` (hidden counts as a box of zeros)
-MOVED = """([e, box]) => { const r = e.getBoundingClientRect();
-  const now = r.width > 0 && r.height > 0 ? [r.x, r.y, r.width, r.height] : null;
-  return JSON.stringify(now) !== JSON.stringify(box); }"""
+# the element's box [x, y, width, height], null when it is hidden
+BOX = """e => { const r = e.getBoundingClientRect();
+  return r.width > 0 && r.height > 0 ? [r.x, r.y, r.width, r.height] : null; }"""
+# true once the element's box differs from ``box`` (as measured by BOX)
+MOVED = f"([e, box]) => JSON.stringify(({BOX})(e)) !== JSON.stringify(box)"
 
 
 def settles(page, locator, condition: str, box=None, timeout: float = 2_000) -> bool:
@@ -260,8 +261,7 @@ def sidebar_toggles_on_desktop(page) -> str | None:
     button = visible_toggle(page, "primary")
     if button is None:
         return "no visible primary-sidebar button at 1280 px"
-    box = sidebar.bounding_box()
-    before = [box["x"], box["y"], box["width"], box["height"]] if box else None
+    before = sidebar.evaluate(BOX)
     button.click()
     if not settles(page, sidebar, MOVED, box=before):
         return "the primary-sidebar button does nothing at 1280 px"
