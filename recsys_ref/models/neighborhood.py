@@ -126,7 +126,13 @@ def similarity_matrix(R: torch.Tensor, mask: torch.Tensor, kind: str = "cosine",
         # centre by the means over C_xy: sum (r_x - a)(r_y - b) = dot - s_x s_y / n, etc.
         s = r @ m.T  # (n, n) [x, y] = sum over C_xy of r_x
         n_safe = n.clamp(min=1)
+        scale = (sq * sq.T).sqrt()  # (n, n) bounds |dot| and |s s^T / n| (Cauchy-Schwarz)
         dot = dot - s * s.T / n_safe
+        # an uncorrelated pair's numerator is 0, but the subtraction leaves ~1e-16 * scale of
+        # either sign, and a neighbour of similarity 1e-17 counts as positive; with ratings on
+        # a grid (1-5, or halves) a nonzero numerator is at least 1 / n_xy, so anything below
+        # 1e-10 * scale is rounding (a prediction of Surprise's differed by 0.64 for this)
+        dot = torch.where(dot.abs() > 1e-10 * scale, dot, 0.0)
         centred = sq - s * s / n_safe
         # a constant co-rated vector has variance 0 but cancellation leaves ~1e-16 * sq:
         # treat relative variances below 1e-10 as 0 (a non-constant vector of 1-5 ratings
