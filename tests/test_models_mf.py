@@ -132,6 +132,33 @@ def test_row_blocks_hold_every_entry_once_and_ridge_solve_matches_loop():
         torch.testing.assert_close(out[row], expected if len(yr) else torch.zeros(2).double())
 
 
+@pytest.mark.parametrize("zero_penalty", [False, True])
+def test_ridge_solve_dual_form_of_short_rows_matches_the_normal_equations(zero_penalty):
+    """Rows with fewer entries than features take the dual (Woodbury) solve when every
+    penalty is positive, the normal equations otherwise: both give each row's minimiser."""
+    gen = torch.Generator().manual_seed(1)
+    n_rows, n_cols, k = 40, 30, 8
+    counts = torch.randint(0, 14, (n_rows,), generator=gen)  # rows of 0-13 entries, k = 8
+    rows = torch.repeat_interleave(torch.arange(n_rows), counts)
+    cols = torch.cat([torch.randperm(n_cols, generator=gen)[:n] for n in counts.tolist()])
+    X = torch.randn(n_cols, k, generator=gen, dtype=torch.float64)
+    y = torch.randn(len(rows), generator=gen, dtype=torch.float64)
+    reg = torch.rand(n_rows, k, generator=gen, dtype=torch.float64) + 0.05
+    if zero_penalty:
+        reg[:, -1] = 0.0  # an unpenalised feature (a bias with reg_bias = 0): primal only
+        reg[counts == 0] = 1.0  # rows without entries stay 0 either way
+    blocks = row_blocks(rows, cols, n_rows, block_size=4)
+    assert any(c.shape[1] < k for _, c, _ in blocks) and any(c.shape[1] >= k for _, c, _ in blocks)
+    out = ridge_solve(blocks, X, y, reg, n_rows)
+    for row in range(n_rows):
+        Xr, yr = X[cols[rows == row]], y[rows == row]
+        if len(yr) == 0:
+            assert (out[row] == 0).all()
+            continue
+        expected = torch.linalg.lstsq(Xr.T @ Xr + torch.diag(reg[row]), Xr.T @ yr).solution
+        torch.testing.assert_close(out[row], expected, rtol=1e-8, atol=1e-8)
+
+
 @pytest.mark.parametrize("solver", ["sgd", "adam", "als"])
 def test_biased_mf_is_deterministic_and_early_stops_on_validation(solver):
     df = low_rank_ratings(density=0.8)
