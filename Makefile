@@ -28,7 +28,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # mkl_serv_intel_cpu_true() for the vendor; a one-line library loaded first answers yes, and MKL
 # then chooses its kernels by the instruction sets the processor reports. Built at install time
 # only on such a processor with a C compiler; results agree to float32 rounding
-# (tests/test_env.py). Every process started by make gets it; a reader's Jupyter does not.
+# (tests/test_mkl_shim.py). Every process started by make gets it; a reader's Jupyter does not.
 MKL_SHIM := $(CURDIR)/$(VENV)/lib/libmkl_vendor_shim.so
 CALLER_LD_PRELOAD := $(LD_PRELOAD)
 export LD_PRELOAD = $(strip $(wildcard $(MKL_SHIM)) $(CALLER_LD_PRELOAD))

@@ -309,7 +309,8 @@ def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_r
         \theta_r = D_r^{-1} X_r^\top (I_L + X_r D_r^{-1} X_r^\top)^{-1} y_r,
 
     an ``(L, L)`` Cholesky factorisation instead of a ``(k, k)`` one (the same minimiser; on
-    MovieLens most items and users have fewer ratings than BiasedMF has factors).
+    MovieLens-100K's u1.base 69% of the users and 84% of the items have fewer than 101
+    ratings, BiasedMF's ``k`` at 100 factors).
 
     Returns:
         ``(n_rows, k)``; rows without entries are 0. See the chapter "Matrix factorization".

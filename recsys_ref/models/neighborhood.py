@@ -129,9 +129,10 @@ def similarity_matrix(R: torch.Tensor, mask: torch.Tensor, kind: str = "cosine",
         scale = (sq * sq.T).sqrt()  # (n, n) bounds |dot| and |s s^T / n| (Cauchy-Schwarz)
         dot = dot - s * s.T / n_safe
         # an uncorrelated pair's numerator is 0, but the subtraction leaves ~1e-16 * scale of
-        # either sign, and a neighbour of similarity 1e-17 counts as positive; with ratings on
-        # a grid (1-5, or halves) a nonzero numerator is at least 1 / n_xy, so anything below
-        # 1e-10 * scale is rounding (a prediction of Surprise's differed by 0.64 for this)
+        # either sign, and a neighbour of similarity 1e-17 counts as positive (a prediction
+        # of Surprise's differed by 0.64 for this). With 1-5 stars a nonzero numerator is at
+        # least 1 / n_xy and scale at most 16 n_xy (half stars: a quarter of that), so below
+        # 1e-10 * scale is rounding for any pair with fewer than ~10,000 co-ratings
         dot = torch.where(dot.abs() > 1e-10 * scale, dot, 0.0)
         centred = sq - s * s / n_safe
         # a constant co-rated vector has variance 0 but cancellation leaves ~1e-16 * sq:
