@@ -323,7 +323,7 @@ def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_r
     for r, c, e in blocks:
         Xb = X[c]  # (g, L, k), zero rows on padding
         if gram is None and c.shape[1] < X.shape[1] and bool((reg[r] > 0).all()):
-            out[r] = _ridge_dual(Xb, y[e], reg[r])
+            out[r] = ridge_dual_block(Xb, y[e], reg[r])
             continue
         A = Xb.mT @ Xb  # (g, k, k)
         A.diagonal(dim1=-2, dim2=-1).add_(reg[r])  # in place: no (g, k, k) diagonal matrix
@@ -339,11 +339,11 @@ def ridge_solve(blocks, X: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, n_r
     return out
 
 
-def _ridge_dual(Xb: torch.Tensor, yb: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
-    """:func:`ridge_solve`'s dual solve of one block: ``Xb`` ``(g, L, k)`` with zero rows on
-    padding, ``yb`` ``(g, L)`` with zero targets there, ``reg`` ``(g, k)`` positive; returns
-    ``(g, k)``. A padded entry gives a decoupled unit row of the ``(L, L)`` system and a zero
-    coefficient."""
+def ridge_dual_block(Xb: torch.Tensor, yb: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """The dual ridge solve of one block (see :func:`ridge_solve`; iALS's short rows use it in
+    a rotated basis): ``Xb`` ``(g, L, k)`` with zero rows on padding, ``yb`` ``(g, L)`` with
+    zero targets there, ``reg`` ``(g, k)`` positive; returns ``(g, k)``. A padded entry gives
+    a decoupled unit row of the ``(L, L)`` system and a zero coefficient."""
     XD = Xb / reg[:, None, :]  # (g, L, k) rows of X_r D_r^{-1}
     K = XD @ Xb.mT  # (g, L, L)
     K.diagonal(dim1=-2, dim2=-1).add_(1.0)  # I_L + X_r D_r^{-1} X_r^T: eigenvalues >= 1

@@ -19,6 +19,7 @@ from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
     fit_from_config,
     ranking_eval_fn,
+    ridge_dual_block,
     ridge_solve,
     row_blocks,
     seed_everything,
@@ -191,16 +192,8 @@ def _solve_short_rows(blocks, H: torch.Tensor, penalty: torch.Tensor, gram: torc
     lam, Q = torch.linalg.eigh(gram.double())  # (d,), (d, d): gram = Q diag(lam) Q^T
     lam, Q = lam.clamp(min=0).to(H.dtype), Q.to(H.dtype)
     Z = torch.cat([H @ Q, H.new_zeros(1, H.shape[1])])  # (n_cols + 1, d); index -1: padding
-    for r, c, _ in blocks:
-        Zb = Z[c]  # (g, L, d)
-        ZD = Zb / (lam + penalty[r, None])[:, None, :]  # (g, L, d) rows of Z_u D_u
-        K = ZD @ Zb.mT  # (g, L, L)
-        K.diagonal(dim1=-2, dim2=-1).add_(1.0)
-        L, info = torch.linalg.cholesky_ex(K)
-        if info.any():
-            raise ValueError("ials_step: a row's system is not positive definite")
-        t = torch.cholesky_solve((c >= 0).to(H.dtype)[:, :, None], L)  # (g, L, 1)
-        out[r] = (ZD * t).sum(1) @ Q.T  # (g, d): (Q D_u Z_u^T t)^T, without a 1-column bmm
+    for r, c, _ in blocks:  # the dual ridge solve in the rotated basis, rotated back
+        out[r] = ridge_dual_block(Z[c], (c >= 0).to(H.dtype), lam + penalty[r, None]) @ Q.T
     return out
 
 
