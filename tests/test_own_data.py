@@ -394,13 +394,13 @@ def test_evaluation_memory_does_not_grow_with_the_number_of_users():
     log = power_law_log(n_users, n_items, 120_000, n_clusters=10, seed=1)
     train, _, test = leave_last_out(log)
     m = _Dot(n_users, n_items, d=8)
-    # one evaluation first, so that one-time allocations (MKL's kernel buffers, first used on
-    # a batch shape, can land between the blocks) fall in neither measurement
-    evaluate_ranking(m, test, train, batch_size=256)
+    evaluate_ranking(m, test, train, batch_size=256)  # one-time allocations out of the way
     peaks = []
     for n in (1_500, 6_000):
         part = test[test["user_idx"] < n]
         _, _, peak = measure(lambda part=part: evaluate_ranking(m, part, train, batch_size=256))
         peaks.append(peak)
-    # 4x the users (18 more batches of 31 MB float blocks): at most 60 MB more at the peak
-    assert peaks[1] < peaks[0] + 60e6, peaks
+    # 4x the users: the fragmentation adds a 31 MB block per batch, 18 more batches = 560 MB;
+    # at most 4 blocks more at the peak. Under MKL's AVX-512 kernels (the Makefile's shim)
+    # two fresh-clone runs of three saw two blocks more (66 MB), constant, not per batch.
+    assert peaks[1] < peaks[0] + 125e6, peaks
