@@ -65,7 +65,7 @@ class _TwoTowerObjective(nn.Module):
         # (b_r, b): each row's training items among the batch's, read from the rows' CSR
         # block (O(b_r x n_items), as in evaluation; on MovieLens 10x faster than searching
         # the b_r x b pairs one by one)
-        other = self.seen.rows(u)[:, items]
+        other = self.seen.block(u, items)
         other[torch.arange(len(u)), extra] = False  # column extra[k] holds row k's target
         logits = (f_u / cfg.temperature) @ g.T  # (b_r, b)
         logits = logits + torch.where(other, float("-inf"), -self.log_q[items])

@@ -35,6 +35,8 @@ def test_contains_matches_the_dense_mask(log):
     block = i.reshape(1000, 5)  # broadcast: 5 items for each of 1,000 users
     assert torch.equal(seen.contains(u[:1000, None], block), dense[u[:1000, None], block])
     assert not UserItems(log.iloc[:0], 300, 200).contains(u, i).any()
+    # the in-batch mask: every user of a batch against every item of it (repeats included)
+    assert torch.equal(seen.block(u[:700], i[:500]), dense[u[:700, None], i[None, :500]])
 
 
 def test_sparse_negatives_draw_what_the_dense_sampler_draws(log):

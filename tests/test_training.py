@@ -11,6 +11,7 @@ from recsys_ref.evaluation import evaluate_ranking, evaluate_ratings
 from recsys_ref.models.baselines import BiasBaseline, Popularity
 from recsys_ref.training import (
     fit_epochs,
+    gather_rows,
     minibatches,
     ranking_eval_fn,
     rmse_eval_fn,
@@ -25,6 +26,24 @@ def test_seed_everything_seeds_generator_and_globals():
     assert torch.equal(a, torch.rand(4)) and torch.equal(ga, torch.rand(4, generator=g2))
     with pytest.raises(ValueError, match="seed"):
         seed_everything(-1)
+
+
+def test_gather_rows_equals_the_embedding_lookup_in_values_and_gradients():
+    """Bit for bit, with repeated indices (their gradients add up in the same order)."""
+    g = torch.Generator().manual_seed(0)
+    for shape in ((500, 16), (500,)):
+        table = torch.randn(*shape, generator=g, requires_grad=True)
+        index = torch.randint(500, (300, 4), generator=g)  # repeats: 1,200 draws of 500
+        upstream = torch.randn(300, 4, *shape[1:], generator=g)
+        ours = gather_rows(table, index)
+        (g_ours,) = torch.autograd.grad(ours, table, upstream)
+        ref = torch.nn.functional.embedding(index, table[:, None] if len(shape) == 1 else table)
+        ref = ref[..., 0] if len(shape) == 1 else ref
+        (g_ref,) = torch.autograd.grad(ref, table, upstream)
+        assert ours.shape == (300, 4, *shape[1:])
+        assert torch.equal(ours, ref) and torch.equal(g_ours, g_ref)
+        (g_index,) = torch.autograd.grad(table[index], table, upstream)
+        assert torch.equal(g_ours, g_index)
 
 
 def test_minibatches_cover_every_row_once_aligned_and_seeded():

@@ -17,6 +17,7 @@ from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
     fit_from_config,
+    gather_rows,
     gradient_step,
     minibatches,
     ranking_eval_fn,
@@ -116,9 +117,9 @@ def bpr_loss(factors: Factors, users, pos, neg, reg: float) -> torch.Tensor:
     Returns:
         A scalar tensor. See the chapter "Matrix factorization".
     """
-    p, q_i = F.embedding(users, factors.P), F.embedding(pos, factors.Q)  # (n, d)
-    q_j = F.embedding(neg, factors.Q)  # (n, k, d)
-    b_i, b_j = factors.b_i[pos], factors.b_i[neg]  # (n,), (n, k)
+    p, q_i = gather_rows(factors.P, users), gather_rows(factors.Q, pos)  # (n, d)
+    q_j = gather_rows(factors.Q, neg)  # (n, k, d)
+    b_i, b_j = gather_rows(factors.b_i, pos), gather_rows(factors.b_i, neg)  # (n,), (n, k)
     x_ui = (p * q_i).sum(-1) + b_i  # (n,)
     x_uj = (p[:, None, :] * q_j).sum(-1) + b_j  # (n, k)
     k = neg.shape[1]

@@ -32,7 +32,13 @@ from recsys_ref.matrix import column
 from recsys_ref.models.base import _tensor
 from recsys_ref.models.sasrec import SeqTransformer
 from recsys_ref.sequences import check_sequences, trim_padding
-from recsys_ref.training import fit_from_config, gradient_step, minibatches, seed_everything
+from recsys_ref.training import (
+    fit_from_config,
+    gather_rows,
+    gradient_step,
+    minibatches,
+    seed_everything,
+)
 
 
 @dataclass
@@ -80,7 +86,7 @@ class LikeNet(nn.Module):
         """Logits of pairs: ``seqs`` ``(b, L)`` user sequences, ``rows`` ``(n,)`` the row of
         ``seqs`` of each pair's user, ``items`` ``(n,)`` item indices -> ``(n,)``."""
         h = self.encoder.last(seqs)[rows]  # (n, d)
-        e = self.encoder.tokens.weight[items + 1]  # (n, d): token of item i is i + 1
+        e = gather_rows(self.encoder.tokens.weight, items + 1)  # (n, d): token of item i is i + 1
         return self.head(torch.cat([h, e, h * e], -1))[:, 0]
 
 

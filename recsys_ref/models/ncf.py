@@ -18,6 +18,7 @@ from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.training import (
     fit_from_config,
+    gather_rows,
     gradient_step,
     minibatches,
     ranking_eval_fn,
@@ -88,12 +89,12 @@ class NCFNet(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``(n,), (n,) -> (n,)`` logits."""
-        p_g = F.embedding(users, self.P) if self.model != "mlp" else None  # (n, d)
-        q_g = F.embedding(items, self.Q) if self.model != "mlp" else None
+        p_g = gather_rows(self.P, users) if self.model != "mlp" else None  # (n, d)
+        q_g = gather_rows(self.Q, items) if self.model != "mlp" else None
         z = None
         if self.model != "gmf":  # W_1 [p; q] + b_1, (n, layers[0])
-            z = self.mlp[0](torch.cat([F.embedding(users, self.P_mlp),
-                                       F.embedding(items, self.Q_mlp)], -1))
+            z = self.mlp[0](torch.cat([gather_rows(self.P_mlp, users),
+                                       gather_rows(self.Q_mlp, items)], -1))
         return self.out(self.branches(p_g, q_g, z))[:, 0]
 
     def score_all(self, users: torch.Tensor) -> torch.Tensor:
@@ -137,8 +138,8 @@ def ncf_loss(net: NCFNet, users, items, labels, reg: float = 0.0) -> torch.Tenso
         tables = [(net.P, net.Q)] if net.model != "mlp" else []
         tables += [(net.P_mlp, net.Q_mlp)] if net.model != "gmf" else []
         for P, Q in tables:
-            loss = loss + reg * (F.embedding(users, P).square().sum(-1)
-                                 + F.embedding(items, Q).square().sum(-1)).mean()
+            loss = loss + reg * (gather_rows(P, users).square().sum(-1)
+                                 + gather_rows(Q, items).square().sum(-1)).mean()
     return loss
 
 

@@ -20,6 +20,7 @@ from recsys_ref.models.base import ConfiguredRecommender, _tensor
 from recsys_ref.models.bpr import sample_negatives
 from recsys_ref.training import (
     fit_from_config,
+    gather_rows,
     gradient_step,
     minibatches,
     ranking_eval_fn,
@@ -78,7 +79,7 @@ class Tower(nn.Module):
         """``(n, dim_id)`` id embeddings (or zeros) and ``n`` rows of features -> ``(n, dim)``."""
         parts = [id_vectors] if self.dim_id else []
         if features is not None and self.features is not None:
-            parts += [F.embedding(features.categorical[k], t) for k, t in self.tables.items()]
+            parts += [gather_rows(t, features.categorical[k]) for k, t in self.tables.items()]
             if self.dense is not None:
                 parts.append(features.dense @ self.dense)  # (n, dim_feature)
         x = torch.cat(parts, 1)
@@ -89,7 +90,7 @@ class Tower(nn.Module):
     def forward(self, idx: torch.Tensor, keep_id: torch.Tensor | None = None) -> torch.Tensor:
         """``(n,)`` known ids -> ``(n, dim_out)``; ``keep_id`` ``(n,)`` bool zeroes the others'
         id embeddings (id dropout)."""
-        ids = F.embedding(idx, self.ids) if self.dim_id else None  # (n, dim_id)
+        ids = gather_rows(self.ids, idx) if self.dim_id else None  # (n, dim_id)
         if ids is not None and keep_id is not None:
             ids = ids * keep_id[:, None]
         feats = None if self.features is None else self.features.take(idx)
@@ -283,7 +284,7 @@ class TwoTower(ConfiguredRecommender):
                 elif cfg.loss == "inbatch":
                     g = self.net_["item"](i, keep(len(i)))  # (b, d)
                     loss = inbatch_softmax_loss(f_u, g, i, log_q, cfg.temperature,
-                                                seen.rows(u)[:, i])  # (b, b)
+                                                seen.block(u, i))  # (b, b)
                 else:
                     j = sample_negatives(u, self.n_items, 1, seen, gen)[:, 0]  # (b,)
                     g = self.net_["item"](torch.cat([i, j]), keep(2 * len(i)))  # (2b, d)
