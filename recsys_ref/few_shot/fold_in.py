@@ -31,7 +31,7 @@ from recsys_ref.checks import check_frame, check_index, index_tensor
 from recsys_ref.few_shot.base import FewShotRecommender, check_support
 from recsys_ref.matrix import column
 from recsys_ref.models.mf import BiasedMF, MFConfig
-from recsys_ref.training import row_blocks
+from recsys_ref.training import gather_rows, row_blocks
 
 PRIORS = ("ridge", "empirical")
 
@@ -89,12 +89,13 @@ def gaussian_posterior(rows: torch.Tensor, X: torch.Tensor, y: torch.Tensor, n_r
     yp = torch.cat([y.double(), y.new_zeros(1, dtype=torch.float64)])
     if n:
         for r, _, e in row_blocks(rows, torch.arange(n), n_rows):
-            Xb = Xp[e]  # (g, L, k), zero rows on padding
-            A = P0[r] + Xb.mT @ Xb / noise_var  # (g, k, k) posterior precision
-            b = P0[r] @ m0[r][:, :, None] + Xb.mT @ yp[e][:, :, None] / noise_var  # (g, k, 1)
+            Xb, yb = gather_rows(Xp, e), gather_rows(yp, e)  # (g, L, k), zero rows on padding
+            P0b = gather_rows(P0, r)  # (g, k, k)
+            A = P0b + Xb.mT @ Xb / noise_var  # (g, k, k) posterior precision
+            b = P0b @ gather_rows(m0, r)[:, :, None] + Xb.mT @ yb[:, :, None] / noise_var
             L = torch.linalg.cholesky(A)
-            mean[r] = torch.cholesky_solve(b, L)[:, :, 0]
-            cov[r] = torch.cholesky_inverse(L)
+            mean.index_copy_(0, r, torch.cholesky_solve(b, L)[:, :, 0])  # (g, k)
+            cov.index_copy_(0, r, torch.cholesky_inverse(L))
     return GaussianPosterior(mean, cov, float(noise_var))
 
 

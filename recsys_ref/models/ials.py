@@ -18,6 +18,7 @@ from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.mf import Factors
 from recsys_ref.training import (
     fit_from_config,
+    gather_rows,
     ranking_eval_fn,
     ridge_dual_block,
     ridge_solve,
@@ -193,7 +194,9 @@ def _solve_short_rows(blocks, H: torch.Tensor, penalty: torch.Tensor, gram: torc
     lam, Q = lam.clamp(min=0).to(H.dtype), Q.to(H.dtype)
     Z = torch.cat([H @ Q, H.new_zeros(1, H.shape[1])])  # (n_cols + 1, d); index -1: padding
     for r, c, _ in blocks:  # the dual ridge solve in the rotated basis, rotated back
-        out[r] = ridge_dual_block(Z[c], (c >= 0).to(H.dtype), lam + penalty[r, None]) @ Q.T
+        Zb = gather_rows(Z, c % len(Z))  # (g, L, d); column -1 is the zero row
+        out.index_copy_(0, r, ridge_dual_block(Zb, (c >= 0).to(H.dtype), lam + penalty[r, None])
+                        @ Q.T)
     return out
 
 
