@@ -122,16 +122,20 @@ class UserItems:
         """``(row, item)``, ``(nnz_b,)`` long each: the stored pairs of ``users``, ``row``
         indexing into ``users`` (a batch's pattern without its ``(len(users), n_items)``
         mask; repeated pairs stay repeated)."""
-        start, n = self.indptr[users], self.counts()[users]  # (b,)
+        start = self.indptr.index_select(0, users)  # (b,) first stored pair of each user
+        n = self.counts().index_select(0, users)  # (b,)
         row = torch.repeat_interleave(torch.arange(len(users)), n)  # (nnz_b,)
-        # position of each entry inside its user's slice: 0, 1, ..., n_u - 1
-        offset = torch.arange(int(n.sum())) - torch.repeat_interleave(n.cumsum(0) - n, n)
-        return row, self.items[torch.repeat_interleave(start, n) + offset]
+        # entry j of the output (row r) is stored pair start_r + (j - first_r), where first_r
+        # is row r's first output position: one repeat_interleave of start_r - first_r
+        first = n.cumsum(0) - n  # (b,)
+        pos = torch.arange(len(row)) + torch.repeat_interleave(start - first, n)  # (nnz_b,)
+        return row, self.items.index_select(0, pos)
 
     def rows(self, users: torch.Tensor) -> torch.Tensor:
         """``(len(users), n_items)`` bool: True where the user has the item."""
         out = torch.zeros(len(users), self.n_items, dtype=torch.bool)
-        out[self.entries(users)] = True
+        row, item = self.entries(users)
+        out.view(-1).index_fill_(0, row * self.n_items + item, True)  # 2.5x out[row, item]
         return out
 
     def block(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from recsys_ref.models.base import ConfiguredRecommender
 from recsys_ref.models.baselines import RATING_COLUMNS
 from recsys_ref.training import (
     fit_from_config,
+    gather_rows,
     gradient_step,
     minibatches,
     rmse_eval_fn,
@@ -179,8 +180,9 @@ class AutoRec(ConfiguredRecommender):
         def epoch(_):
             total = 0.0
             for (i,) in minibatches(items, batch_size=batch_size, generator=gen):
-                inputs = drop_ratings(R[i], cfg.dropout, gen)  # (batch, n_users)
-                loss = autorec_loss(self.net_, inputs, R[i], M[i], cfg.reg,
+                R_i = gather_rows(R, i)  # (batch, n_users) the items' rating vectors
+                inputs = drop_ratings(R_i, cfg.dropout, gen)
+                loss = autorec_loss(self.net_, inputs, R_i, gather_rows(M, i), cfg.reg,
                                     len(i) / self.n_items)
                 total += gradient_step(opt, loss)
             self._recon_key = None  # fused Adam updates in place without bumping versions
