@@ -35,14 +35,18 @@ def top_available(scores: torch.Tensor, context: Context,
     wins. Greedy rules need the random tie-break: with all means 0 they would otherwise show
     item 0 forever.
     """
-    scores = torch.where(context.available, scores, _NEG_INF[scores.dtype])  # (n_items,)
     if context.slate_size == 1:
-        best = scores.argmax()
+        # one round costs a few calls on 1,682 numbers, where torch's per-call overhead
+        # dominates: NumPy on the same memory (.numpy() is a view), the same values and
+        # draws (argmax takes the first maximal score in both)
+        s = np.where(context.available.numpy(), scores.numpy(), -np.inf)  # (n_items,)
+        best = int(s.argmax())
         if generator is not None:
-            ties = torch.nonzero(scores == scores[best])[:, 0]  # usually just `best`
+            ties = np.flatnonzero(s == s[best])  # usually just `best`
             if len(ties) > 1:
-                best = ties[torch.randint(len(ties), (), generator=generator)]
-        return best.reshape(1)
+                best = int(ties[int(torch.randint(len(ties), (), generator=generator))])
+        return torch.tensor([best])
+    scores = torch.where(context.available, scores, _NEG_INF[scores.dtype])  # (n_items,)
     if generator is None:
         return scores.topk(context.slate_size).indices
     # a random permutation first: topk then keeps the first of equal scores, a random one
@@ -67,7 +71,8 @@ class Policy:
         self.pulls = torch.zeros(self.n_items, dtype=torch.float64)  # (n_items,) impressions
         self.clicks = torch.zeros(self.n_items, dtype=torch.float64)  # (n_items,) clicks
         self.n_pulls = 0  # total impressions
-        self._ones = torch.ones(self.n_items, dtype=torch.float64)  # sliced to (k,) in update
+        # NumPy views of the same memory, for the per-round updates (see top_available)
+        self._pulls, self._clicks = self.pulls.numpy(), self.clicks.numpy()
 
     def scores(self, context: Context) -> torch.Tensor:
         """``(n_items,)`` scores; the top ``k`` available items are shown."""
@@ -80,8 +85,9 @@ class Policy:
 
     def update(self, context: Context, items: torch.Tensor, rewards: torch.Tensor) -> None:
         """Count the impressions and clicks of the shown items."""
-        self.pulls.index_add_(0, items, self._ones[:len(items)])
-        self.clicks.index_add_(0, items, rewards.double())  # no copy when already float64
+        ids = items.numpy()  # (k,); add.at adds repeated items in order, as index_add_
+        np.add.at(self._pulls, ids, 1.0)
+        np.add.at(self._clicks, ids, rewards.double().numpy())  # no copy when float64
         self.n_pulls += len(items)
 
     @property
@@ -145,7 +151,8 @@ class Greedy(Policy):
 
     def update(self, context: Context, items: torch.Tensor, rewards: torch.Tensor) -> None:
         super().update(context, items, rewards)
-        self._means[items] = self.clicks[items] / self.pulls[items]
+        ids = items.numpy()
+        self._means.numpy()[ids] = self._clicks[ids] / self._pulls[ids]
 
     def means(self) -> torch.Tensor:
         """``(n_items,)`` empirical click rates, ``initial_value`` for unseen items."""
@@ -217,9 +224,10 @@ class UCB1(Policy):
 
     def scores(self, context: Context) -> torch.Tensor:
         n = max(self.n_pulls, 1)
-        mean = self.clicks / self.pulls.clamp(min=1)  # (n_items,)
-        bonus = self.alpha * torch.sqrt(2 * math.log(n) / self.pulls.clamp(min=1))
-        return torch.where(self.pulls > 0, mean + bonus, float("inf"))
+        pulls = np.maximum(self._pulls, 1.0)  # (n_items,)
+        # (1 / n_i) * c: torch's ``c / tensor`` is this product, and the scores stay the same
+        bonus = self.alpha * np.sqrt(np.reciprocal(pulls) * (2 * math.log(n)))
+        return torch.from_numpy(np.where(self._pulls > 0, self._clicks / pulls + bonus, np.inf))
 
 
 class BernoulliTS(Policy):
@@ -247,6 +255,6 @@ class BernoulliTS(Policy):
         self.rng = np.random.default_rng(self.seed)
 
     def scores(self, context: Context) -> torch.Tensor:
-        a = self.prior[0] + self.clicks.numpy()  # (n_items,)
-        b = self.prior[1] + (self.pulls - self.clicks).numpy()
+        a = self.prior[0] + self._clicks  # (n_items,)
+        b = self.prior[1] + (self._pulls - self._clicks)
         return torch.from_numpy(self.rng.beta(a, b))

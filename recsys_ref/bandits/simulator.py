@@ -206,6 +206,7 @@ class BanditSimulator:
         # each user's probabilities and items sorted by probability are materialised on first
         # arrival, consumed items are a set per user, and the policy sees a bool row view.
         available = {}  # user -> (n_items,) bool row, True = may be shown; on first arrival
+        available_np = {}  # user -> a NumPy view of that row
         everything = torch.ones(n_items, dtype=torch.bool)
         consumed = [set() for _ in range(self.n_users)]
         first = {}  # user -> round of first arrival
@@ -225,6 +226,7 @@ class BanditSimulator:
                 available[u] = (torch.ones(n_items, dtype=torch.bool)
                                 if self.initially_consumed is None
                                 else ~self.initially_consumed[u])
+                available_np[u] = available[u].numpy()  # a view: 20x faster to write to
                 consumed[u] = set(torch.nonzero(~available[u])[:, 0].tolist())
             if self.exclude_consumed and len(consumed[u]) > n_items - k:
                 raise ValueError(f"n_rounds={n_rounds} is too large: user {u} has fewer than "
@@ -252,7 +254,7 @@ class BanditSimulator:
                 for i, clicked in zip(ids, clicks, strict=True):
                     if clicked or self.consume_on == "show":
                         consumed[u].add(i)
-                        row[i] = False
+                        available_np[u][i] = False  # row[i] = False, through the view
         seconds = time.perf_counter() - start
         items = torch.tensor(chosen_list, dtype=torch.long)  # (T, k)
         oracle = torch.tensor(oracle_list, dtype=torch.float64)  # (T,)
