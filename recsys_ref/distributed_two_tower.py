@@ -31,7 +31,13 @@ from torch import nn
 from recsys_ref.distributed import PairsTask, distinct_pairs, fit_distributed, zero_loss
 from recsys_ref.features import Features
 from recsys_ref.models.bpr import sample_negatives
-from recsys_ref.models.two_tower import Tower, TwoTower, TwoTowerConfig, softmax_loss
+from recsys_ref.models.two_tower import (
+    Tower,
+    TwoTower,
+    TwoTowerConfig,
+    minus_inf_mask,
+    softmax_loss,
+)
 from recsys_ref.training import minibatches
 
 
@@ -68,7 +74,7 @@ class _TwoTowerObjective(nn.Module):
         other = self.seen.block(u, items)
         other[torch.arange(len(u)), extra] = False  # column extra[k] holds row k's target
         logits = (f_u / cfg.temperature) @ g.T  # (b_r, b)
-        logits = logits + torch.where(other, float("-inf"), -self.log_q[items])
+        logits = logits + (-self.log_q[items] + minus_inf_mask(other, logits.dtype))
         return F.cross_entropy(logits, extra, reduction="sum")
 
 
