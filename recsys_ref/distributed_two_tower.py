@@ -35,10 +35,9 @@ from recsys_ref.models.two_tower import (
     Tower,
     TwoTower,
     TwoTowerConfig,
-    minus_inf_mask,
     softmax_loss,
 )
-from recsys_ref.training import minibatches
+from recsys_ref.training import minibatches, minus_inf_mask
 
 
 class _TwoTowerObjective(nn.Module):

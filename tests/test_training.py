@@ -13,6 +13,7 @@ from recsys_ref.training import (
     fit_epochs,
     gather_rows,
     minibatches,
+    minus_inf_mask,
     ranking_eval_fn,
     rmse_eval_fn,
     seed_everything,
@@ -172,3 +173,15 @@ def test_check_config_validates_and_normalises_fields():
             checked(**bad)
     with pytest.raises(TypeError, match="n_epochs"):
         checked(n_epochs=None)  # not optional
+
+
+def test_minus_inf_mask_is_torch_where_of_minus_inf_and_zero():
+    gen = torch.Generator().manual_seed(1)
+    mask = torch.rand(40, 30, generator=gen) < 0.3
+    for dtype in (torch.float32, torch.float64):
+        fast = minus_inf_mask(mask, dtype)
+        assert fast.dtype == dtype
+        assert torch.equal(fast, torch.where(mask, float("-inf"), torch.zeros((), dtype=dtype)))
+        assert not torch.signbit(fast[~mask]).any()  # +0.0: adding it changes no logit
+    with pytest.raises(ValueError, match="float32 or float64"):
+        minus_inf_mask(mask, torch.float16)

@@ -76,7 +76,9 @@ def autorec_loss(net: ItemAutoencoder, inputs: torch.Tensor, targets: torch.Tens
     Returns:
         A scalar tensor. See the chapter "Deep recommenders".
     """
-    err = torch.where(observed, targets - net(inputs), 0.0)  # (batch, n_users), 0 off-mask
+    # times the 0/1 mask rather than torch.where, whose branches mispredict on a random mask
+    # (the same values: ratings are finite, and a -0.0 adds like 0.0)
+    err = (targets - net(inputs)) * observed.to(targets.dtype)  # (batch, n_users), 0 off-mask
     penalty = net.encoder.weight.square().sum() + net.decoder.weight.square().sum()
     return err.square().sum() + 0.5 * reg * share * penalty
 
@@ -89,7 +91,7 @@ def drop_ratings(r: torch.Tensor, p: float, generator: torch.Generator | None = 
     if p == 0:
         return r
     keep = torch.rand(r.shape, generator=generator) >= p  # (batch, n_users)
-    return torch.where(keep, r / (1 - p), 0.0)
+    return r / (1 - p) * keep.to(r.dtype)  # torch.where(keep, ., 0.0), without branches
 
 
 @dataclass

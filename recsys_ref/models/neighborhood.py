@@ -24,7 +24,7 @@ from recsys_ref.matrix import (
 )
 from recsys_ref.models.base import Recommender
 from recsys_ref.models.baselines import RATING_COLUMNS, fit_biases
-from recsys_ref.training import gather_rows
+from recsys_ref.training import gather_rows, minus_inf_mask
 
 KINDS = ("cosine", "pearson", "adjusted_cosine", "pearson_baseline")
 BASELINES = (None, "bias", "mean")
@@ -311,7 +311,8 @@ class KNNRating(Recommender):
             return fallback.double()
         # topk, not a stable sort (7x slower): an exact tie at the k-th place is broken
         # by topk's deterministic but unspecified rule
-        top = torch.where(ok, sim, float("-inf")).topk(k, dim=1)  # (c, k) best first
+        # sim + (-inf where not ok): torch.where's values without its mispredicted branches
+        top = (sim + minus_inf_mask(~ok, sim.dtype)).topk(k, dim=1)  # (c, k) best first
         w = top.values.clamp(min=0)  # (c, k), 0 for missing neighbours (-inf -> 0)
         used = top.values > 0  # (c, k) real neighbours
         num, den = (w * resid.gather(1, top.indices)).sum(1), w.sum(1)  # (c,)
