@@ -542,10 +542,10 @@ def test_every_chapter_has_claims():
 # two chapters at a time, empty model cache; measured 2026-12-02). Only the order matters:
 # `make test` runs two tests at a time (pytest-xdist) and starts the longest first, so both
 # workers end together; a chapter missing here starts first.
-SMOKE_SECONDS = {"unified_loop": 82, "deep_recommenders": 76, "few_shot": 73, "own_data": 71,
-                 "exploration": 71, "collaborative_filtering": 61, "pretraining": 47,
-                 "active_selection": 41, "matrix_factorization": 26, "introduction": 19,
-                 "item_item_top_n": 18}
+SMOKE_SECONDS = {"unified_loop": 59, "deep_recommenders": 57, "own_data": 53, "exploration": 52,
+                 "collaborative_filtering": 50, "few_shot": 46, "pretraining": 35,
+                 "active_selection": 28, "matrix_factorization": 23, "introduction": 15,
+                 "item_item_top_n": 14}
 # One test per chapter, so that xdist cannot send the execution and the re-run to different
 # workers (each would execute the chapter: its `--dist loadgroup` does not group tests under
 # pytest 9.2, pytest-xdist issue 1386).
@@ -581,7 +581,7 @@ for _module in (recsys_ref.models.autorec, recsys_ref.models.ncf, recsys_ref.mod
 
 
 # after the deep chapter (whose cached fits of the models it does not patch it reads back)
-@pytest.mark.expected_seconds(45)
+@pytest.mark.expected_seconds(28)
 def test_deep_chapter_claims_fail_when_its_networks_do_not_train(tmp_path, monkeypatch):
     """The claims are not vacuous: with the networks' training removed, they fail."""
     site = tmp_path / "site"
