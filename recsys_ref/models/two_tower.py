@@ -167,7 +167,6 @@ def inbatch_softmax_loss(f_u: torch.Tensor, g: torch.Tensor, items: torch.Tensor
                            torch.arange(len(items)))
 
 
-
 @dataclass
 class TwoTowerConfig:
     """Hyperparameters of :class:`TwoTower`; the chapter "Deep recommenders" chooses the
