@@ -6,7 +6,9 @@ back ("Using cached notebook"). The cache behaviour stays Jupyter Book's own: a 
 looked up the way myst-nb looks it up (the same reader, the same jupyter-cache hash of its
 code cells), executed only when its code changed or it was never run, with the same
 working directory, timeout and error rule as the build, and stored the way myst-nb stores
-it. An unchanged book is therefore not executed again by either step.
+it. An unchanged book is therefore not executed again by either step. Each executed chapter's
+slowest code cells are printed (and every cell's seconds kept in its cache record), so the
+log of a build says where its time went.
 
 Usage: ``python tests/execute_chapters.py [BOOK_ROOT] [--jobs 2]``.
 """
@@ -17,6 +19,7 @@ import argparse
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -39,6 +42,7 @@ EXPECTED_SECONDS = {"own_data": 488, "deep_recommenders": 377, "pretraining": 37
 # shares with the others only the matrix factorization chapter's iALS search: it runs that
 # search in its first minute, long before the pretraining chapter reads it back.
 FIRST = ("pretraining", "own_data")
+SLOWEST = 3  # cells whose seconds are reported per executed chapter
 
 
 def chapters(root: Path) -> list[Path]:
@@ -70,22 +74,44 @@ def read(path: Path, config: dict):
     return read_myst_markdown_notebook(path.read_text(), md, add_source_map=True, path=path)
 
 
-def execute_one(path: str, config: dict) -> tuple[str, float, str | None]:
-    """Execute one chapter into the cache unless it is there already."""
+def execute_one(path: str, config: dict) -> tuple[str, float, str | None, list]:
+    """Execute one chapter into the cache unless it is there already: (path, seconds, error,
+    its slowest cells)."""
     cache = get_cache(config["cache"])
     nb = read(Path(path), config)
     try:
         cache.match_cache_notebook(nb)
-        return path, 0.0, None  # unchanged since it was executed
+        return path, 0.0, None, []  # unchanged since it was executed
     except KeyError:
         pass
     result = single_nb_execution(nb, cwd=str(Path(path).parent), timeout=config["timeout"],
-                                 allow_errors=config["allow_errors"], meta_override=True)
+                                 allow_errors=config["allow_errors"], meta_override=True,
+                                 record_timing=True)
     if result.err is not None:
-        return path, result.time, result.exc_string
-    cache.cache_notebook_bundle(CacheBundleIn(nb, path, data={"execution_seconds": result.time}),
+        return path, result.time, result.exc_string, []
+    cells = cell_seconds(nb)
+    cache.cache_notebook_bundle(CacheBundleIn(nb, path, data={"execution_seconds": result.time,
+                                                              "cell_seconds": cells}),
                                 check_validity=False, overwrite=True)
-    return path, result.time, None
+    return path, result.time, None, cells[:SLOWEST]
+
+
+def cell_seconds(nb) -> list[tuple[int, float, str]]:
+    """(code cell number from 1, seconds, first line), slowest first, from the timestamps
+    nbclient records; they are removed from the notebook, which is stored without them as
+    myst-nb would store it."""
+    cells = []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for number, cell in enumerate(code, 1):
+        stamps = cell.metadata.pop("execution", {})
+        start, end = stamps.get("iopub.execute_input"), stamps.get("shell.execute_reply")
+        if start and end:
+            seconds = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                       - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+            first = next((line for line in cell.source.splitlines()
+                          if line.strip() and not line.startswith("#")), "")
+            cells.append((number, round(seconds, 1), first[:60]))
+    return sorted(cells, key=lambda c: -c[1])
 
 
 def main(argv=None) -> int:
@@ -107,7 +133,7 @@ def main(argv=None) -> int:
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         jobs = [pool.submit(execute_one, str(p), config) for p in todo]
         for job in jobs:
-            path, seconds, error = job.result()
+            path, seconds, error, slowest = job.result()
             name = Path(path).stem
             if error:
                 failed.append(name)
@@ -115,6 +141,8 @@ def main(argv=None) -> int:
             else:
                 print(f"{name}: " + (f"executed in {seconds:.0f} s" if seconds
                                      else "unchanged, from the cache"))
+                for number, cell_s, first in slowest:
+                    print(f"    code cell {number}: {cell_s:.0f} s  {first}")
     print(f"{len(todo)} chapters in {time.perf_counter() - t0:.0f} s, {args.jobs} at a time")
     return 1 if failed else 0
 

@@ -1,4 +1,5 @@
-"""environment.yml and pyproject.toml list the same packages; the torch pin is the Makefile's."""
+"""environment.yml and pyproject.toml list the same packages; the torch pin is the Makefile's;
+`make book`'s chapter runner reports where the time goes."""
 
 import re
 import tomllib
@@ -35,3 +36,26 @@ def test_torch_pin_is_the_same_everywhere():
     assert pin in (ROOT / "Makefile").read_text()
     env = (ROOT / "environment.yml").read_text()
     assert f"- {pin}" in env
+
+
+def test_execute_chapters_reports_its_slowest_cells():
+    """``make book`` prints each executed chapter's slowest cells, from nbclient's timestamps,
+    and stores the notebook without them."""
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location(
+        "execute_chapters", Path(__file__).with_name("execute_chapters.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    nb = nbformat.v4.new_notebook()
+    stamps = [("2026-12-02T08:00:00.000Z", "2026-12-02T08:00:01.500Z"),
+              ("2026-12-02T08:00:01.600Z", "2026-12-02T08:01:01.600Z")]
+    nb.cells = [nbformat.v4.new_markdown_cell("text")]
+    for n, (start, end) in enumerate(stamps):
+        cell = nbformat.v4.new_code_cell(f"# a comment\nx{n} = {n}")
+        cell.metadata["execution"] = {"iopub.execute_input": start, "shell.execute_reply": end}
+        nb.cells.append(cell)
+    assert module.cell_seconds(nb) == [(2, 60.0, "x1 = 1"), (1, 1.5, "x0 = 0")]
+    assert all("execution" not in c.metadata for c in nb.cells)
