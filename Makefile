@@ -33,7 +33,7 @@ MKL_SHIM := $(CURDIR)/$(VENV)/lib/libmkl_vendor_shim.so
 CALLER_LD_PRELOAD := $(LD_PRELOAD)
 export LD_PRELOAD = $(strip $(wildcard $(MKL_SHIM)) $(CALLER_LD_PRELOAD))
 
-.PHONY: book test install data lint unit chapters smoke-book site-check bench clean
+.PHONY: book test install data lint unit chapters smoke-book site-check bench compare clean
 
 # Chapters are executed two at a time into Jupyter Book's execution cache (one single-threaded
 # kernel per core), then the build reads them from it; unchanged chapters are not re-run.
@@ -97,6 +97,14 @@ site-check: smoke-book
 # writes _build/bench/bench.{md,csv} (not part of `make test`; about 10 minutes).
 bench: data
 	$(BIN)/python benchmarks/bench.py --out _build/bench $(BENCH_ARGS)
+
+# Executes chapters with the code of commit OLD and with the working tree's at the same time,
+# one kernel per core, and writes _build/side_by_side/side_by_side.{md,csv}: seconds of both and
+# which glued values differ (timings on this machine swing between hours, not side by side).
+# e.g. make compare OLD=HEAD~1 COMPARE_ARGS="--chapters deep_recommenders --smoke"
+compare: data
+	@test -n "$(OLD)" || { echo "usage: make compare OLD=<commit> [COMPARE_ARGS=...]"; exit 2; }
+	$(BIN)/python benchmarks/side_by_side.py $(OLD) $(COMPARE_ARGS)
 
 clean:
 	rm -rf _build

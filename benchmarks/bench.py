@@ -212,7 +212,7 @@ def main(argv=None) -> int:
         fmt[c] = fmt[c].map(lambda x: "" if x != x else f"{x:.3f}")
     for c in ("NDCG@10", "HR@10", "RMSE"):
         fmt[c] = fmt[c].map(lambda x: "" if x != x else f"{x:.4f}")
-    table = fmt.to_markdown(index=False) if _has_tabulate() else _markdown(fmt)
+    table = markdown_table(fmt)
     (out / f"{stem}.md").write_text(f"{head}\n\n{table}\n")
     print(f"{head}\n\n{table}")
     return 0
@@ -231,15 +231,14 @@ class _RandomDot:
         return self.P[users] @ self.Q.T  # (b, n_items)
 
 
-def _has_tabulate() -> bool:
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A Markdown table of ``frame`` (pandas' own with ``tabulate`` installed, else plain)."""
     try:
         import tabulate  # noqa: F401
     except ImportError:
-        return False
-    return True
-
-
-def _markdown(frame: pd.DataFrame) -> str:
+        pass
+    else:
+        return frame.to_markdown(index=False)
     cols = list(frame.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in frame.itertuples(False)]
