@@ -32,10 +32,10 @@ from myst_parser.config.main import MdParserConfig
 # Seconds each chapter took at full settings in the last full `make book` with empty execution
 # and model caches on the book's 2-core machine (one thread per kernel); only the order of
 # execution depends on them.
-EXPECTED_SECONDS = {"own_data": 488, "deep_recommenders": 377, "pretraining": 375,
-                    "few_shot": 270, "exploration": 137, "collaborative_filtering": 125,
-                    "unified_loop": 117, "active_selection": 92, "matrix_factorization": 35,
-                    "item_item_top_n": 14, "introduction": 9}
+EXPECTED_SECONDS = {"own_data": 363, "deep_recommenders": 347, "few_shot": 282,
+                    "pretraining": 276, "exploration": 186, "unified_loop": 153,
+                    "collaborative_filtering": 133, "active_selection": 97,
+                    "matrix_factorization": 35, "item_item_top_n": 13, "introduction": 8}
 # Started before the others: the pretraining chapter runs the encoder search that the few-shot
 # and exploration chapters read back (a chapter that reached the search while another one ran
 # it would wait on the cache lock, leaving a core idle), next to the own-data appendix, which
