@@ -32,7 +32,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from bench import markdown_table  # noqa: E402
-from chapter_runner import chapters_in_toc, glued  # noqa: E402
+from chapter_runner import chapters_in_toc, glued, start  # noqa: E402
 from execute_chapters import EXPECTED_SECONDS  # noqa: E402
 
 from recsys_ref.data.cache import data_home  # noqa: E402
@@ -58,18 +58,6 @@ def check_imports(tree: Path, env: dict) -> None:
                          check=True).stdout
     if not Path(out.strip()).resolve().is_relative_to(tree.resolve()):
         raise RuntimeError(f"recsys_ref imported from {out.strip()}, not from {tree}")
-
-
-def start(tree: Path, stem: str, out_dir: Path, env: dict, smoke: bool) -> subprocess.Popen:
-    """jupytext ``tree``'s chapter and start papermill on it (the caller waits)."""
-    raw, out = out_dir / f"{stem}.raw.ipynb", out_dir / f"{stem}.ipynb"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "jupytext", "--to", "ipynb", "-q", "-o", str(raw),
-                    str(tree / "chapters" / f"{stem}.md")], check=True, env=env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "papermill", str(raw), str(out), "-p", "SMOKE", str(smoke),
-         "--cwd", str(tree / "chapters"), "--kernel", "python3", "--no-progress-bar",
-         "--log-level", "WARNING"], env=env)
 
 
 def differing(old: dict, new: dict) -> list[str]:
@@ -104,7 +92,7 @@ def main(argv=None) -> int:
                     check_imports(t, envs[s])
                 procs, began, seconds = {}, {}, {}
                 for s, t in sides.items():  # both kernels at once, one per core
-                    procs[s] = start(t, stem, out / s, envs[s], args.smoke)
+                    procs[s] = start(stem, out / s, t, envs[s], args.smoke)
                     began[s] = time.perf_counter()
                 while len(seconds) < len(procs):  # each side's own end
                     for s, p in procs.items():

@@ -29,16 +29,25 @@ def chapters_in_toc() -> list[str]:
 def execute(stem: str, build: Path = BUILD) -> Path:
     """jupytext the chapter into ``build`` (default ``_build/smoke``), execute it with papermill
     (``SMOKE=True``); the kernel inherits this process's environment."""
+    run = start(stem, build)
+    if run.wait() != 0:
+        raise subprocess.CalledProcessError(run.returncode, run.args)
+    return build / f"{stem}.ipynb"
+
+
+def start(stem: str, build: Path, tree: Path = ROOT, env: dict | None = None,
+          smoke: bool = True) -> subprocess.Popen:
+    """jupytext ``tree``'s chapter into ``build`` and start papermill on it (the caller
+    waits), in ``tree/chapters``, with ``env`` (default: this process's environment)."""
     build.mkdir(parents=True, exist_ok=True)
     raw, out = build / f"{stem}.raw.ipynb", build / f"{stem}.ipynb"
     out.unlink(missing_ok=True)
     py = sys.executable
     subprocess.run([py, "-m", "jupytext", "--to", "ipynb", "-q", "-o", str(raw),
-                    str(ROOT / "chapters" / f"{stem}.md")], check=True)
-    subprocess.run([py, "-m", "papermill", str(raw), str(out), "-p", "SMOKE", "True",
-                    "--cwd", str(ROOT / "chapters"), "--kernel", "python3",
-                    "--no-progress-bar", "--log-level", "WARNING"], check=True)
-    return out
+                    str(tree / "chapters" / f"{stem}.md")], check=True, env=env)
+    return subprocess.Popen([py, "-m", "papermill", str(raw), str(out), "-p", "SMOKE", str(smoke),
+                             "--cwd", str(tree / "chapters"), "--kernel", "python3",
+                             "--no-progress-bar", "--log-level", "WARNING"], env=env)
 
 
 def glued(notebook: Path) -> dict:
