@@ -177,7 +177,7 @@ class PairsTask(Task):
         self.users, self.items, self.n_users, self.n_items = users, items, n_users, n_items
         self.cfg, self.n_epochs, self.seed, self.valid = cfg, cfg.n_epochs, cfg.seed, valid
         self.seen = UserItems.from_pairs(users, items, n_users, n_items)
-        self.seen.keys()  # computed once here, not in every process
+        self.seen.filter()  # its keys and filter built once here, not in every process
 
     def validate(self, objective):
         """``cfg.metric`` of full-ranking evaluation on ``valid``, training pairs excluded."""

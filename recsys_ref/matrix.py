@@ -85,7 +85,7 @@ class UserItems:
 
     def _build(self, u, i, n_users, n_items):
         order = torch.argsort(u, stable=True)
-        self.n_users, self.n_items, self._keys = n_users, n_items, None
+        self.n_users, self.n_items, self._keys, self._filter = n_users, n_items, None, None
         self.items = i[order]  # (nnz,) items grouped by user
         counts = torch.bincount(u, minlength=n_users)  # (n_users,)
         self.indptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -97,21 +97,47 @@ class UserItems:
             self._keys = torch.sort(user * self.n_items + self.items).values
         return self._keys
 
+    def filter(self) -> tuple[int, torch.Tensor]:
+        """``(P, words)``: a one-hash Bloom filter of the stored pairs (computed once), bit
+        ``key % P`` of the int64 ``words`` set for every key, ``P`` a prime near 16 bits per
+        pair (20 MB at 10 million pairs). A pair whose bit is clear is not stored; of the
+        pairs that are not stored, about 1 in 16 has its bit set (a false positive). It costs
+        0.45 s at 10 million pairs and pays for itself over a few hundred queries of
+        :meth:`contains`."""
+        if self._filter is None:
+            keys = self.keys()
+            P = _prime_at_least(max(64, 16 * len(keys)))
+            words = torch.zeros((P + 63) // 64, dtype=torch.long)  # (ceil(P / 64),)
+            for s in range(0, len(keys), 1 << 20):  # by chunks: no (nnz,) temporaries
+                h = torch.unique(keys[s:s + (1 << 20)] % P)  # distinct bits: a sum is an OR
+                part = torch.zeros_like(words)
+                part.index_add_(0, h >> 6, torch.ones(1, dtype=torch.long) << (h & 63))
+                words.bitwise_or_(part)
+            self._filter = P, words
+        return self._filter
+
     def contains(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """bool of ``items``' shape: whether ``users`` (broadcast against ``items``) have
-        them; a binary search among the stored pairs, ``O(log nnz)`` per query and no
-        ``(n_users, n_items)`` mask."""
+        them, with no ``(n_users, n_items)`` mask: a binary search among the stored pairs,
+        ``O(log nnz)`` per query. Once :meth:`filter` has been built (callers that query many
+        times build it first, as negative sampling does), it clears most pairs that are not
+        stored and the search decides only the rest; the answers are the same."""
         keys = self.keys()
         q = (users * self.n_items + items).reshape(-1)  # broadcast: the queried pairs' keys
-        if len(keys) == 0 or len(q) == 0:
-            return torch.zeros(torch.broadcast_shapes(users.shape, items.shape),
-                               dtype=torch.bool)
-        # queries sorted first: neighbouring binary searches then walk the same cache lines
-        # of the (nnz,) keys (3-4x faster at 10 million pairs)
-        q_sorted, order = torch.sort(q)
-        pos = torch.searchsorted(keys, q_sorted).clamp(max=len(keys) - 1)
-        found = torch.empty(len(q), dtype=torch.bool)
-        found[order] = keys[pos] == q_sorted
+        found = torch.zeros(len(q), dtype=torch.bool)
+        if len(keys) and len(q):
+            maybe = None  # the queries the search decides (all of them without a filter)
+            if self._filter is not None:
+                P, words = self._filter
+                h = q % P  # (m,)
+                maybe = ((words.index_select(0, h >> 6) >> (h & 63)) & 1).nonzero().squeeze(1)
+            # the candidates sorted first: neighbouring binary searches then walk the same
+            # cache lines of the (nnz,) keys (3-4x faster at 10 million pairs); the filter
+            # makes the search 4-5x rarer there (20 -> 4 ms for 65,536 queries)
+            q_sorted, order = torch.sort(q if maybe is None else q.index_select(0, maybe))
+            pos = torch.searchsorted(keys, q_sorted).clamp(max=len(keys) - 1)
+            where = order if maybe is None else maybe.index_select(0, order)
+            found[where] = keys.index_select(0, pos) == q_sorted
         return found.reshape(torch.broadcast_shapes(users.shape, items.shape))
 
     def counts(self) -> torch.Tensor:
@@ -142,6 +168,14 @@ class UserItems:
         """``(len(users), len(items))`` bool: True where user ``k`` has item ``l`` (the
         in-batch negatives' mask): a gather from :meth:`rows`, faster than ``[:, items]``."""
         return self.rows(users).gather(1, items.expand(len(users), -1))
+
+
+def _prime_at_least(n: int) -> int:
+    """The smallest prime ``>= n`` (trial division: ``O(sqrt(n))`` per candidate)."""
+    n = max(n, 2)
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
 
 
 def sorted_pairs(df: pd.DataFrame, n_items: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,6 +39,26 @@ def test_contains_matches_the_dense_mask(log):
     assert torch.equal(seen.block(u[:700], i[:500]), dense[u[:700, None], i[None, :500]])
 
 
+def test_the_filter_changes_no_answer_and_clears_most_unseen_pairs():
+    gen = torch.Generator().manual_seed(5)
+    n_users, n_items = 2_000, 3_000
+    users, items = torch.randint(n_users, (60_000,), generator=gen), torch.randint(
+        n_items, (60_000,), generator=gen)
+    seen = UserItems.from_pairs(users, items, n_users, n_items)
+    u, i = torch.randint(n_users, (40_000,), generator=gen), torch.randint(
+        n_items, (40_000,), generator=gen)
+    u[:5_000], i[:5_000] = users[:5_000], items[:5_000]  # stored pairs among the queries
+    before = seen.contains(u, i)  # binary search alone
+    P, words = seen.filter()
+    assert torch.equal(seen.contains(u, i), before)
+    assert before[:5_000].all()
+    keys = (users * n_items + items) % P  # no stored pair has its bit clear
+    assert ((words[keys >> 6] >> (keys & 63)) & 1).all()
+    h = (u * n_items + i)[~before] % P  # of the unstored pairs queried, about 1 in 16 pass
+    assert ((words[h >> 6] >> (h & 63)) & 1).float().mean() < 0.1
+    assert seen.filter()[1] is words  # built once
+
+
 def test_sparse_negatives_draw_what_the_dense_sampler_draws(log):
     seen = UserItems(log, 300, 200)
     dense = interaction_mask(log, 300, 200)
