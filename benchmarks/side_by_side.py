@@ -6,7 +6,8 @@ script executes each chapter with the old code and with the working tree's code 
 same time*, one single-threaded kernel per core, each with an empty model cache of its own
 (the data files are shared), and writes ``side_by_side.md`` and ``.csv``: seconds per chapter
 for both, the change, and whether every value the chapter glues is the same (the names of
-those that differ, timings among them, are listed).
+those that differ, timings among them, are listed), and ``differing.csv``: each differing
+value on both sides.
 
 Usage (``make compare OLD=<commit>`` runs it with make's environment, which matters: the
 malloc settings and the MKL shim change timings)::
@@ -79,7 +80,7 @@ def main(argv=None) -> int:
         parser.error(f"not chapters of _toc.yml: {sorted(unknown)}")
     stems.sort(key=lambda s: -EXPECTED_SECONDS.get(s, 0))  # longest first
     out = Path(args.out)
-    rows = []
+    rows, changed = [], []  # a row per chapter; a row per glued value that differs
     with tempfile.TemporaryDirectory(prefix="side_by_side-") as tmp:
         old_tree = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q",
@@ -108,8 +109,9 @@ def main(argv=None) -> int:
                 rows.append({"chapter": stem, "old s": seconds["old"], "new s": seconds["new"],
                              "change %": 100 * (seconds["new"] / seconds["old"] - 1),
                              "glued values": len(values["new"]), "differing": len(diff),
-                             "differing names": ", ".join(diff[:8])
-                             + (" ..." if len(diff) > 8 else "")})
+                             "differing names": ", ".join(diff)})
+                changed += [{"chapter": stem, "name": k, "old": values["old"].get(k),
+                             "new": values["new"].get(k)} for k in diff]
                 print(f"{stem}: old {seconds['old']:.0f} s, new {seconds['new']:.0f} s, "
                       f"{len(diff)} of {len(values['new'])} glued values differ", flush=True)
         finally:
@@ -121,11 +123,16 @@ def main(argv=None) -> int:
         "change %": 100 * (total["new s"] / total["old s"] - 1), "differing names": ""})
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "side_by_side.csv", index=False)
+    pd.DataFrame(changed, columns=["chapter", "name", "old", "new"]).to_csv(
+        out / "differing.csv", index=False)  # every differing value, both sides
+    shown = table.round(1)
+    shown["differing names"] = [n if len(n) <= 100 else n[:n.rfind(",", 0, 100)] + ", ..."
+                                for n in shown["differing names"]]  # all in differing.csv
     (out / "side_by_side.md").write_text(
         f"Side by side: {args.old} (old) against the working tree (new), "
         f"{'SMOKE' if args.smoke else 'full'} settings, both at once\n\n"
-        + markdown_table(table.round(1)) + "\n")
-    print(table.round(1).to_string(index=False))
+        + markdown_table(shown) + "\n")
+    print(shown.to_string(index=False))
     return 0
 
 

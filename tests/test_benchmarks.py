@@ -18,6 +18,7 @@ def test_side_by_side_runs_both_commits_and_compares_their_values(tmp_path):
     row = table.set_index("chapter").loc["introduction"]
     assert row["old s"] > 0 and row["new s"] > 0
     assert row["glued values"] > 10 and row["differing"] == 0  # a deterministic chapter
+    assert pd.read_csv(out / "differing.csv").empty  # nothing to list, header written
     assert (out / "old" / "introduction.ipynb").exists()
     assert (out / "new" / "introduction.ipynb").exists()
     worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"],
