@@ -89,9 +89,10 @@ smoke-book: install
 	$(BIN)/jupyter-book build $(SMOKE_BOOK) --all -W -n --keep-going
 
 # The built site in headless Chromium (the system's, Debian package `chromium`) as a reader
-# sees it at 1280 and 390 px; screenshots land in _build/site_check.
+# sees it at 1280 and 390 px; screenshots land in _build/site_check. Two test processes, each
+# with its own browser: the pages mostly wait on the browser (90 -> 60 s).
 site-check: smoke-book
-	$(BIN)/python -m pytest -q -m site tests/test_site.py
+	$(BIN)/python -m pytest -q -n 2 -m site tests/test_site.py
 
 # Times every model's fit and full-ranking evaluation on MovieLens-100K at one thread and
 # writes _build/bench/bench.{md,csv} (not part of `make test`; about 10 minutes).
