@@ -16,7 +16,7 @@ from test_evaluation import FixedScores  # scores given as a tensor
 
 from recsys_ref import metrics
 from recsys_ref.active.strategies import SelectionState, Uncertainty
-from recsys_ref.checks import check_frame
+from recsys_ref.checks import check_frame, repeated_pairs
 from recsys_ref.data import cache
 from recsys_ref.evaluation import bootstrap_ci, evaluate_ranking, evaluate_ratings, evaluate_sampled
 from recsys_ref.few_shot import FoldInMF, ItemMean, cold_user_split, query_ndcg
@@ -357,3 +357,16 @@ def test_a_garbled_movielens_copy_is_fetched_again(tmp_path, monkeypatch):
     monkeypatch.setattr(movielens, "_index", lambda *a: a)
     assert movielens.load_movielens100k() == ("r", "u", "i", "grouplens")
     assert len(calls) == 2  # the garbled copy was deleted and fetched again
+
+
+def test_repeated_pairs_counts_what_pandas_counts():
+    rng = np.random.default_rng(0)
+    for dtype in (np.int64, np.int32, np.uint32):
+        users = rng.integers(0, 30, 2_000).astype(dtype)  # many repeats, some triple
+        items = rng.integers(0, 40, 2_000).astype(dtype)
+        expected = int(pd.DataFrame({"u": users, "i": items}).duplicated().sum())
+        assert expected > 0
+        assert repeated_pairs(users, items, 40) == expected
+    # different pairs, whose keys would collide with n_items - 1 (39) as the multiplier
+    assert repeated_pairs(np.array([0, 1]), np.array([39, 0]), 40) == 0
+    assert repeated_pairs(np.array([3]), np.array([5]), 40) == 0
