@@ -31,6 +31,7 @@ def main(executed: Path, out: Path) -> None:
     for name in ("_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, out / name)
     shutil.copytree(ROOT / "_static", out / "_static")  # the site's CSS and favicon
+    shutil.copytree(ROOT / "_ext", out / "_ext")  # the build's local Sphinx extension
     (out / "recsys_ref").symlink_to(ROOT / "recsys_ref")  # for the API reference pages
     missing = []
     for md in sorted((ROOT / "chapters").glob("*.md")):

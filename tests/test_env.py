@@ -2,6 +2,7 @@
 `make book`'s chapter runner reports where the time goes."""
 
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -59,3 +60,20 @@ def test_execute_chapters_reports_its_slowest_cells():
         nb.cells.append(cell)
     assert module.cell_seconds(nb) == [(2, 60.0, "x1 = 1"), (1, 1.5, "x0 = 0")]
     assert all("execution" not in c.metadata for c in nb.cells)
+
+
+def test_site_build_loads_the_local_extension(monkeypatch):
+    """Named in local_extensions only, the extension would be dropped: the book's own list of
+    extensions replaces Jupyter Book's, which local_extensions appends to."""
+    from jupyter_book.config import get_final_config
+
+    monkeypatch.setattr(sys, "path", list(sys.path))  # get_final_config appends _ext
+    config, _ = get_final_config(user_yaml=ROOT / "_config.yml", sourcedir=ROOT,
+                                 cli_config={"latex_individualpages": False})
+    assert "autoapi_no_dependencies" in config["extensions"]
+    import autoapi_no_dependencies  # importable from the path Jupyter Book added
+    from astroid import MANAGER
+
+    monkeypatch.setattr(MANAGER, "module_denylist", set())
+    autoapi_no_dependencies.setup(None)
+    assert {"torch", "numpy", "pandas"} <= MANAGER.module_denylist
