@@ -487,6 +487,26 @@ def test_maml_fit_is_seeded_and_scores_new_users():
         MAML(8, 12, items, support_sizes=(3, 1))
 
 
+def test_maml_predict_new_is_score_new_users_at_the_query_pairs():
+    ratings, _ = synthetic_ratings(n_users=8, n_items=12, per_user=10)
+    users, items = tiny_features()
+    split = cold_user_split(ratings, 2, test_frac=0.5, seed=0)
+    model = MAML(8, 12, items, users, dim=4, hidden=(5,), n_epochs=2, meta_batch=3,
+                 n_query=4).fit(split.train)
+    who = np.sort(split.test_users)
+    query = split.query[split.query["user_idx"] != who[0]]  # who[0]: scored, no query rows
+    query = query.sample(frac=1.0, random_state=0)  # rows not grouped by user
+    full = model.score_new_users(split.support, who)  # (m, n_items)
+    row = torch.as_tensor(np.searchsorted(who, query["user_idx"].to_numpy()))
+    expected = full[row, torch.tensor(query["item_idx"].to_numpy())]
+    for batch_size in (64, 1):  # users adapted in batches, as score_new_users does
+        got = model.predict_new(split.support, who, query, batch_size=batch_size)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert float((expected - expected.mean()).abs().max()) > 0  # not a constant predictor
+    with pytest.raises(ValueError, match="not in users"):
+        model.predict_new(split.support, who[1:2], query)
+
+
 def test_rating_net_user_vector_is_a_dot_product():
     from recsys_ref.few_shot.rating_net import RatingNet
 

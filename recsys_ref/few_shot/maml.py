@@ -32,6 +32,7 @@ from torch.func import functional_call, grad, vmap
 from recsys_ref import metrics
 from recsys_ref.checks import (
     check_frame,
+    check_index,
     check_positive_int,
     check_rating_range,
     resolve_rating_range,
@@ -289,9 +290,34 @@ class MAML(FewShotRecommender):
         return torch.cat(out) if rr is None else torch.cat(out).clamp(*rr)
 
     @torch.no_grad()
-    def predict_new(self, support: pd.DataFrame, users, query: pd.DataFrame) -> torch.Tensor:
-        """``(n,)`` predicted ratings of the ``query`` pairs of ``users`` after adaptation."""
-        users = np.asarray(users)
-        scores = self.score_new_users(support, users)
-        row = torch.as_tensor(np.searchsorted(users, query["user_idx"].to_numpy()))
-        return scores[row, column(query, "item_idx")]
+    def predict_new(self, support: pd.DataFrame, users, query: pd.DataFrame,
+                    batch_size: int = 64) -> torch.Tensor:
+        """``(n,)`` predicted ratings of the ``query`` pairs of ``users`` after adaptation.
+
+        The same adapted parameters as :meth:`score_new_users` (the same batches of users),
+        applied to each user's query items only: early stopping reads this every epoch, and
+        a user's query set is a few dozen items, not all ``n_items``.
+        """
+        users = self._new_users(support, users)
+        check_index(query["item_idx"].to_numpy(), "query.item_idx", self.n_items)
+        q_users, q_items = query["user_idx"].to_numpy(), query["item_idx"].to_numpy()
+        order = np.argsort(q_users, kind="stable")  # query rows grouped by user, in order
+        bounds = np.searchsorted(q_users[order], users.numpy(), side="left"), np.searchsorted(
+            q_users[order], users.numpy(), side="right")
+        if int((bounds[1] - bounds[0]).sum()) != len(query):
+            raise ValueError("query has ratings of users that are not in users")
+        pred = torch.empty(len(query))
+        for s in range(0, len(users), batch_size):
+            u = users[s:s + batch_size]
+            fast = self.adapted_params(support[support["user_idx"].isin(u.tolist())], u)
+            rows = [order[a:b] for a, b in zip(bounds[0][s:s + batch_size],
+                                               bounds[1][s:s + batch_size], strict=True)]
+            pu, pi, _, mask = _pad([(int(v), q_items[r], np.zeros(len(r)))
+                                    for v, r in zip(u, rows, strict=True)])  # (b, L)
+
+            def score(p, user_row, item_row):
+                return functional_call(self.net_, p, (user_row, item_row))
+
+            pred[torch.as_tensor(np.concatenate(rows))] = vmap(score)(fast, pu, pi)[mask]
+        rr = self.rating_range_
+        return pred if rr is None else pred.clamp(*rr)
