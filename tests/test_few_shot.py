@@ -505,6 +505,8 @@ def test_maml_predict_new_is_score_new_users_at_the_query_pairs():
     assert float((expected - expected.mean()).abs().max()) > 0  # not a constant predictor
     with pytest.raises(ValueError, match="not in users"):
         model.predict_new(split.support, who[1:2], query)
+    with pytest.raises(ValueError, match="distinct"):
+        model.predict_new(split.support, np.repeat(who, 2), query)
 
 
 def test_rating_net_user_vector_is_a_dot_product():

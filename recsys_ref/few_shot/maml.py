@@ -299,19 +299,21 @@ class MAML(FewShotRecommender):
         a user's query set is a few dozen items, not all ``n_items``.
         """
         users = self._new_users(support, users)
+        if len(torch.unique(users)) != len(users):
+            raise ValueError("users must be distinct")
         check_index(query["item_idx"].to_numpy(), "query.item_idx", self.n_items)
         q_users, q_items = query["user_idx"].to_numpy(), query["item_idx"].to_numpy()
         order = np.argsort(q_users, kind="stable")  # query rows grouped by user, in order
-        bounds = np.searchsorted(q_users[order], users.numpy(), side="left"), np.searchsorted(
-            q_users[order], users.numpy(), side="right")
-        if int((bounds[1] - bounds[0]).sum()) != len(query):
+        lo, hi = (np.searchsorted(q_users[order], users.numpy(), side=side)
+                  for side in ("left", "right"))  # (m,) each user's rows: order[lo:hi]
+        if int((hi - lo).sum()) != len(query):
             raise ValueError("query has ratings of users that are not in users")
         pred = torch.empty(len(query))
         for s in range(0, len(users), batch_size):
             u = users[s:s + batch_size]
             fast = self.adapted_params(support[support["user_idx"].isin(u.tolist())], u)
-            rows = [order[a:b] for a, b in zip(bounds[0][s:s + batch_size],
-                                               bounds[1][s:s + batch_size], strict=True)]
+            rows = [order[a:b] for a, b in zip(lo[s:s + batch_size], hi[s:s + batch_size],
+                                               strict=True)]
             pu, pi, _, mask = _pad([(int(v), q_items[r], np.zeros(len(r)))
                                     for v, r in zip(u, rows, strict=True)])  # (b, L)
 
